@@ -1,0 +1,182 @@
+"""Hybrid sliding/global attention and the KV cache that serves it.
+
+Gemma 4 interleaves two kinds of layer (transformers 5.24, `Gemma4TextAttention`):
+
+* **sliding** layers see a window of W keys *including the current token* (W - 1 past ones;
+  W = 512 on E2B/E4B, 1024 on the larger models), so their cache is a ring buffer of W slots
+  and their memory stays bounded at any context length;
+* **global** ("full") layers see every earlier token; their cache grows.
+
+Both use grouped-query attention (several query heads share one key/value head), q/k RMSNorm
+with weights, a weight-free RMSNorm on values, and a score scale of **1.0** (the q/k norms take
+the place of the usual 1/sqrt(d)). There is no attention soft-cap.
+
+Every cached key carries its absolute position, so a single rule builds every mask: key j is
+visible to query i iff `pos_j <= pos_i` and, on sliding layers, `pos_j > pos_i - W`. Empty ring
+slots hold position -1 and are never visible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+def visible(q_pos: np.ndarray, k_pos: np.ndarray, window: int) -> np.ndarray:
+    """The attention mask as booleans.  # [S], [T] -> [S, T]"""
+    ok = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= 0)
+    if window:
+        ok &= k_pos[None, :] > q_pos[:, None] - window
+    return ok
+
+
+def attention_ref(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray, window: int
+) -> np.ndarray:
+    """Masked softmax attention with scale 1 and GQA, the plain NumPy way.
+
+    # q [S, nH, D], k/v [T, nKV, D], q_pos [S], k_pos [T] -> [S, nH, D]
+    """
+    n_heads, n_kv = q.shape[1], k.shape[1]
+    group = n_heads // n_kv
+    k_full = np.repeat(k, group, axis=1)  # [T, nH, D]
+    v_full = np.repeat(v, group, axis=1)
+    scores = np.einsum("shd,thd->hst", q, k_full)  # [nH, S, T]
+    scores = np.where(visible(q_pos, k_pos, window)[None], scores, -np.inf)
+    scores -= scores.max(axis=-1, keepdims=True)
+    p = np.exp(scores)
+    p /= p.sum(axis=-1, keepdims=True)
+    return np.einsum("hst,thd->shd", p, v_full).astype(np.float32)
+
+
+@njit(parallel=True, cache=True)
+def _attention_kernel(q, k, v, q_pos, k_pos, window, out):
+    # q [S, nH, D], k/v [T, nKV, D] -> out [S, nH, D]; one (query, head) pair per task.
+    s_len, n_heads, d = q.shape
+    t_len, n_kv = k.shape[0], k.shape[1]
+    group = n_heads // n_kv
+    for task in prange(s_len * n_heads):
+        s = task // n_heads
+        h = task % n_heads
+        kvh = h // group
+        qp = q_pos[s]
+        scores = np.empty(t_len, np.float32)
+        best = -np.inf
+        for t in range(t_len):
+            kp = k_pos[t]
+            if kp < 0 or kp > qp or (window > 0 and kp <= qp - window):
+                scores[t] = -np.inf
+                continue
+            acc = np.float32(0.0)
+            for i in range(d):
+                acc += q[s, h, i] * k[t, kvh, i]
+            scores[t] = acc
+            if acc > best:
+                best = acc
+        total = np.float32(0.0)
+        for t in range(t_len):
+            if scores[t] == -np.inf:
+                scores[t] = 0.0
+            else:
+                scores[t] = np.exp(scores[t] - best)
+                total += scores[t]
+        for i in range(d):
+            out[s, h, i] = 0.0
+        for t in range(t_len):
+            w = scores[t] / total
+            if w != 0.0:
+                for i in range(d):
+                    out[s, h, i] += w * v[t, kvh, i]
+
+
+def attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray, window: int
+) -> np.ndarray:
+    """Numba attention; agrees with :func:`attention_ref`.  # -> [S, nH, D]"""
+    out = np.empty(q.shape, np.float32)
+    _attention_kernel(
+        np.ascontiguousarray(q, np.float32),
+        np.ascontiguousarray(k, np.float32),
+        np.ascontiguousarray(v, np.float32),
+        q_pos.astype(np.int64),
+        k_pos.astype(np.int64),
+        int(window),
+        out,
+    )
+    return out
+
+
+class LayerCache:
+    """Keys and values of one layer, with their positions.
+
+    A sliding layer (``window > 0``) keeps a ring buffer of exactly ``window`` slots: after a
+    token at position p is written, the buffer holds positions p - W + 1 .. p, all that any
+    later query can see. A global layer's buffer grows by doubling.
+    """
+
+    def __init__(self, n_kv: int, head_dim: int, window: int):
+        self.window = window
+        cap = window if window else 64
+        self.k = np.zeros((cap, n_kv, head_dim), np.float32)
+        self.v = np.zeros((cap, n_kv, head_dim), np.float32)
+        self.pos = np.full(cap, -1, np.int64)
+        self.length = 0  # tokens written so far (global layers: also the filled prefix)
+
+    def extend(
+        self, k: np.ndarray, v: np.ndarray, pos: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Append new keys/values and return what this step's queries attend over.
+
+        Returns the cached entries followed by the new ones, so a multi-token prefill sees its
+        own keys even where the ring buffer cannot hold them all.
+        # k, v [S, nKV, D], pos [S] -> ([T, nKV, D], [T, nKV, D], [T])
+        """
+        if self.window:
+            filled = self.pos >= 0
+            keys = np.concatenate([self.k[filled], k])
+            vals = np.concatenate([self.v[filled], v])
+            kpos = np.concatenate([self.pos[filled], pos])
+            # Only the last W new entries can ever be seen again.
+            tail = slice(max(0, len(pos) - self.window), len(pos))
+            slots = pos[tail] % self.window
+            self.k[slots] = k[tail]
+            self.v[slots] = v[tail]
+            self.pos[slots] = pos[tail]
+            self.length += len(pos)
+            return keys, vals, kpos
+        need = self.length + len(pos)
+        if need > len(self.pos):
+            cap = max(need, 2 * len(self.pos))
+            for name in ("k", "v"):
+                old = getattr(self, name)
+                new = np.zeros((cap, *old.shape[1:]), np.float32)
+                new[: self.length] = old[: self.length]
+                setattr(self, name, new)
+            pos_new = np.full(cap, -1, np.int64)
+            pos_new[: self.length] = self.pos[: self.length]
+            self.pos = pos_new
+        self.k[self.length : need] = k
+        self.v[self.length : need] = v
+        self.pos[self.length : need] = pos
+        self.length = need
+        return self.k[:need], self.v[:need], self.pos[:need]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes + self.pos.nbytes
+
+
+class KVCache:
+    """One :class:`LayerCache` per layer that computes keys; KV-sharing consumers get none."""
+
+    def __init__(self, layers: list, sliding_window: int):
+        self.layers: dict[int, LayerCache] = {}
+        for spec in layers:
+            if not spec.shares_kv:
+                window = sliding_window if spec.is_sliding else 0
+                self.layers[spec.index] = LayerCache(spec.num_kv_heads, spec.head_dim, window)
+        self.length = 0  # tokens processed so far; the next token's position
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.layers.values())

@@ -1,0 +1,191 @@
+"""Memory-mapped reading of safetensors checkpoints, single-file or sharded.
+
+The safetensors format is an 8-byte little-endian header length, a JSON header that maps each
+tensor name to its dtype, shape and byte range, then the raw bytes. Reading it by hand (rather
+than through `safetensors.safe_open`) lets every tensor be a zero-copy NumPy view of a
+read-only memory map, and lets bfloat16 -- which NumPy lacks -- stay 16-bit, as a `uint16` view
+that the kernels widen on the fly. Nothing is copied into RAM until a kernel reads it, so the
+resident size of a model is about the size of the pages it touches.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CheckpointError
+
+#: safetensors dtype tag -> how NumPy stores it. bfloat16 is kept as its raw 16 bits.
+_DTYPES: dict[str, np.dtype] = {
+    "BF16": np.dtype(np.uint16),
+    "F16": np.dtype(np.float16),
+    "F32": np.dtype(np.float32),
+    "F64": np.dtype(np.float64),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: its file, safetensors dtype tag, shape and absolute byte offset."""
+
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], int]:
+    """Parse one safetensors file's header and check the file really holds every byte it lists.
+
+    Returns the tensors by name and the file size. A truncated download fails here, naming the
+    file, rather than later as a bus error inside a kernel.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing. Copy or re-download the checkpoint's shards.")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(
+                f"{path} is truncated ({size} bytes): not even a safetensors header. "
+                "Re-download the file."
+            )
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8 or n > 100_000_000:
+            raise CheckpointError(
+                f"{path} is truncated or not a safetensors file: its header claims {n} bytes but "
+                f"the file has {size}. Re-download the file."
+            )
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path} has a corrupt safetensors header ({e}).") from e
+    base = 8 + n
+    out: dict[str, TensorInfo] = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = meta.get("dtype")
+        if dtype not in _DTYPES:
+            raise CheckpointError(
+                f"{path}: tensor '{name}' has dtype {dtype}, which this package does not read "
+                f"(supported: {', '.join(_DTYPES)})."
+            )
+        shape = tuple(int(s) for s in meta["shape"])
+        start, end = (int(x) for x in meta["data_offsets"])
+        expected = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype].itemsize
+        if end - start != expected:
+            raise CheckpointError(
+                f"{path}: tensor '{name}' spans {end - start} bytes but shape {list(shape)} of "
+                f"{dtype} needs {expected}. The file is corrupt; re-download it."
+            )
+        if base + end > size:
+            raise CheckpointError(
+                f"{path} is truncated: tensor '{name}' ends at byte {base + end} but the file "
+                f"has only {size} bytes. Re-download the file."
+            )
+        out[name] = TensorInfo(name, path, dtype, shape, base + start, expected)
+    return out, size
+
+
+class Checkpoint:
+    """All tensors of a checkpoint folder, as lazily created memory-mapped NumPy views."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.files = self._find_files()
+        self.tensors: dict[str, TensorInfo] = {}
+        self.total_bytes = 0
+        for path in self.files:
+            infos, size = read_header(path)
+            self.total_bytes += size
+            for name, info in infos.items():
+                if name in self.tensors:
+                    raise CheckpointError(
+                        f"tensor '{name}' appears in both {self.tensors[name].file.name} and "
+                        f"{path.name}; the shards overlap."
+                    )
+                self.tensors[name] = info
+        self._check_index()
+        self._maps: dict[Path, mmap.mmap] = {}
+
+    def _find_files(self) -> list[Path]:
+        if not self.folder.is_dir():
+            raise CheckpointError(f"{self.folder} is not a folder. Pass a checkpoint folder.")
+        index = self.folder / INDEX_NAME
+        if index.is_file():
+            try:
+                self._index = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{index} is corrupt: no valid 'weight_map' ({e}).") from e
+            return [self.folder / f for f in sorted(set(self._index.values()))]
+        self._index = None
+        single = self.folder / SINGLE_NAME
+        if single.is_file():
+            return [single]
+        shards = sorted(self.folder.glob("model*.safetensors"))
+        if shards:
+            raise CheckpointError(
+                f"{self.folder} holds sharded weights ({shards[0].name}, ...) but no {INDEX_NAME}. "
+                "Copy the index file from the checkpoint's source."
+            )
+        raise CheckpointError(
+            f"{self.folder} holds no {SINGLE_NAME} and no {INDEX_NAME}. Point --model at a "
+            "Gemma 4 checkpoint folder."
+        )
+
+    def _check_index(self) -> None:
+        if self._index is None:
+            return
+        for name, fname in self._index.items():
+            info = self.tensors.get(name)
+            if info is None or info.file.name != fname:
+                raise CheckpointError(
+                    f"{self.folder / INDEX_NAME} places tensor '{name}' in {fname}, but that file "
+                    "does not hold it. The index and shards are from different downloads."
+                )
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise CheckpointError(
+                f"tensor '{name}' is missing from the checkpoint in {self.folder}. The files are "
+                "incomplete or from another model; re-download them."
+            ) from None
+
+    def array(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """A read-only zero-copy view of tensor `name` (bf16 as uint16), shape-checked if asked."""
+        info = self.info(name)
+        if shape is not None and tuple(shape) != info.shape:
+            raise CheckpointError(
+                f"tensor '{name}' in {info.file.name} has shape {list(info.shape)}, but "
+                f"config.json implies {list(shape)}. The config and weights do not match."
+            )
+        mm = self._maps.get(info.file)
+        if mm is None:
+            with info.file.open("rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps[info.file] = mm
+        dtype = _DTYPES[info.dtype]
+        count = info.nbytes // dtype.itemsize
+        return np.frombuffer(mm, dtype=dtype, count=count, offset=info.offset).reshape(info.shape)

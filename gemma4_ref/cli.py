@@ -1,0 +1,202 @@
+"""The `gemma4-ref` command: generate, chat and verify.
+
+    gemma4-ref generate --prompt "Once upon a time" --max-new-tokens 40
+    gemma4-ref chat --think
+    gemma4-ref verify --model path/to/checkpoint
+
+`--model` defaults to the embedded model in `data/`. Text streams to stdout as it is made;
+progress and timings go to stderr, so stdout stays clean for pipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from .errors import Gemma4Error, InputError
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _load(path: str | None):
+    from .model import DEFAULT_MODEL, load_model
+
+    where = path or DEFAULT_MODEL
+    _log(f"loading {where} ...")
+
+    def progress(msg: str) -> None:
+        print(f"\r  {msg}   ", end="", file=sys.stderr, flush=True)
+
+    model = load_model(path, progress=progress)
+    print(file=sys.stderr)
+    _log(
+        f"loaded in {model.load_seconds:.2f}s: {model.config.num_hidden_layers} layers, "
+        f"hidden {model.config.hidden_size}, {model.weight_bytes / 1e6:.1f} MB of weights "
+        "(memory-mapped)"
+    )
+    return model
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling (defaults: the checkpoint's generation_config.json)")
+    g.add_argument("--temperature", type=float, help="0 = greedy")
+    g.add_argument("--top-k", type=int, help="keep the k most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=float, help="keep the smallest set with this probability")
+    g.add_argument("--seed", type=int, help="random seed for sampling")
+    g.add_argument("--max-new-tokens", type=int, default=None)
+
+
+def _sampling(a: argparse.Namespace) -> dict:
+    return {
+        "max_new_tokens": a.max_new_tokens,
+        "temperature": a.temperature,
+        "top_k": a.top_k,
+        "top_p": a.top_p,
+        "seed": a.seed,
+    }
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from .tokenizer import StreamDecoder
+
+    if not a.prompt:
+        raise InputError("--prompt is empty; give some text to continue.")
+    model = _load(a.model)
+    tok = model._need_tokenizer()
+    bos = [model.config.bos_token_id] if model.config.bos_token_id is not None else []
+    ids = bos + tok.encode(a.prompt)
+    decoder = StreamDecoder(tok, skip_special_tokens=True)
+    sys.stdout.write(a.prompt)
+    sys.stdout.flush()
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    for token in model.stream(ids, **_sampling(a)):
+        if first is None:
+            first = time.perf_counter()
+        n += 1
+        sys.stdout.write(decoder.push(token))
+        sys.stdout.flush()
+    sys.stdout.write(decoder.finish() + "\n")
+    end = time.perf_counter()
+    if first is not None:
+        decode = n - 1
+        rate = f", decode {decode / (end - first):.1f} tok/s" if decode and end > first else ""
+        _log(f"[{len(ids)} prompt tokens in {first - t0:.2f}s, {n} new tokens{rate}]")
+    return 0
+
+
+class _ChannelPrinter:
+    """Streams a reply, labelling the thinking channel and hiding it unless asked to show it.
+
+    Channel markers are single special tokens, so each arrives as a whole piece.
+    """
+
+    def __init__(self, show_thinking: bool):
+        self.show_thinking = show_thinking
+        self.in_thought = False
+
+    def __call__(self, piece: str) -> None:
+        if piece == "<|channel>":
+            self.in_thought = True
+            if self.show_thinking:
+                sys.stdout.write("[thinking] ")
+        elif piece == "<channel|>":
+            self.in_thought = False
+            if self.show_thinking:
+                sys.stdout.write("\n[answer] ")
+        elif piece in ("<turn|>", "<eos>"):
+            return
+        elif self.show_thinking or not self.in_thought:
+            sys.stdout.write(piece)
+        sys.stdout.flush()
+
+
+def cmd_chat(a: argparse.Namespace) -> int:
+    model = _load(a.model)
+    model._need_tokenizer()
+    messages: list[dict] = []
+    if a.system:
+        messages.append({"role": "system", "content": a.system})
+    interactive = a.message is None
+    queue = list(a.message or [])
+    if interactive:
+        _log("type a message; an empty line or Ctrl-D ends the chat")
+    while True:
+        if queue:
+            text = queue.pop(0)
+            print(f"> {text}")
+        elif interactive:
+            try:
+                text = input("> ")
+            except EOFError:
+                print()
+                return 0
+            if not text.strip():
+                return 0
+        else:
+            return 0
+        messages.append({"role": "user", "content": text})
+        printer = _ChannelPrinter(show_thinking=a.think)
+        reply = model.chat(messages, enable_thinking=a.think, on_text=printer, **_sampling(a))
+        print()
+        messages.append({"role": "assistant", "content": reply.answer})
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from .verify import verify
+
+    return verify(
+        a.model, prompt=a.prompt, max_new_tokens=a.max_new_tokens, prompt_len=a.prompt_len
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gemma4-ref", description="Run and verify Gemma 4 checkpoints on a CPU."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="continue a prompt, streaming the text")
+    g.add_argument("--model", help="checkpoint folder (default: the embedded model in data/)")
+    g.add_argument("--prompt", required=True)
+    _sampling_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("chat", help="multi-turn chat with the checkpoint's chat template")
+    c.add_argument("--model", help="checkpoint folder (default: the embedded model in data/)")
+    c.add_argument("--think", action="store_true", help="enable and show the thinking channel")
+    c.add_argument("--system", help="a system message")
+    c.add_argument(
+        "--message", action="append", help="a user turn (repeatable); without it, read stdin"
+    )
+    _sampling_args(c)
+    c.set_defaults(func=cmd_chat)
+
+    v = sub.add_parser("verify", help="compare this implementation with transformers")
+    v.add_argument("--model", help="checkpoint folder (default: the embedded model in data/)")
+    v.add_argument("--prompt", help="prompt text (default: pseudo-random ids)")
+    v.add_argument("--prompt-len", type=int, default=0, help="length of the random prompt")
+    v.add_argument("--max-new-tokens", type=int, default=32)
+    v.set_defaults(func=cmd_verify)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Gemma4Error as e:
+        _log(f"error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        _log("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,508 @@
+"""The Gemma 4 text decoder: loading a checkpoint folder and running it.
+
+The forward pass, per token (transformers 5.24, `Gemma4TextModel.forward` and
+`Gemma4TextDecoderLayer.forward`)::
+
+    x = E[ids] * sqrt(H)                             # scaled embedding
+    ple = PLE(ids, x)                                # E2B/E4B only: [S, L, 256]
+    for each layer i:
+        x = x + post_attn_norm(attn(input_norm(x)))  # sliding or global, maybe KV-shared
+        r = x
+        h = mlp(pre_ff_norm(x))
+        if MoE: h = post_ff_norm_1(h) + post_ff_norm_2(experts(pre_ff_norm_2(r), router(r)))
+        x = r + post_ff_norm(h)
+        if PLE: x = x + ple_gate(x, ple[:, i])
+        x = x * layer_scalar[i]
+    logits = cap * tanh((norm(x) @ E^T) / cap)       # tied head, soft-capped at 30
+
+Everything runs in float32 on weights kept in their stored dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .attention import KVCache, attention
+from .chat import ChatTemplate, Response, parse_response
+from .checkpoint import Checkpoint
+from .config import LayerSpec, TextConfig, load_json, load_text_config
+from .errors import CheckpointError, ConfigError, InputError
+from .linear import Linear, widen
+from .mlp import GatedMLP
+from .moe import Experts, route
+from .norm import rms_norm
+from .ple import PerLayerEmbeddings, PerLayerGate
+from .rope import apply_rope, cos_sin, inv_freq
+from .sampling import Sampling, next_token
+from .tokenizer import StreamDecoder, Tokenizer
+
+#: Where the embedded default model lives, relative to the repository root.
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "gemma4-tiny"
+
+_DTYPE_TAGS = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
+
+
+# --- weights -----------------------------------------------------------------------------------
+
+
+class _Weights:
+    """Fetches tensors by their decoder-relative name, checking shape and dtype."""
+
+    def __init__(self, ckpt: Checkpoint, prefix: str):
+        self.ckpt = ckpt
+        self.prefix = prefix
+
+    def _full(self, name: str) -> str:
+        return self.prefix + name
+
+    def has(self, name: str) -> bool:
+        return self._full(name) in self.ckpt
+
+    def raw(self, name: str, shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
+        full = self._full(name)
+        arr = self.ckpt.array(full, shape)
+        tag = _DTYPE_TAGS.get(self.ckpt.info(full).dtype)
+        if tag is None:
+            raise CheckpointError(
+                f"tensor '{full}' is stored as {self.ckpt.info(full).dtype}; a dense Gemma 4 "
+                "weight must be BF16, F16 or F32."
+            )
+        return arr, tag
+
+    def linear(self, name: str, out_f: int, in_f: int) -> Linear:
+        arr, tag = self.raw(name + ".weight", (out_f, in_f))
+        return Linear(arr, tag, self._full(name))
+
+    def vector(self, name: str, size: int) -> np.ndarray:
+        """Small tensors (norm weights, scales) are widened once to float32."""
+        arr, tag = self.raw(name, (size,))
+        return np.ascontiguousarray(widen(arr, tag))
+
+
+def _find_prefix(ckpt: Checkpoint) -> str:
+    """Text-only checkpoints use `model.`, multimodal ones `model.language_model.`."""
+    for prefix in ("model.language_model.", "model."):
+        if prefix + "embed_tokens.weight" in ckpt:
+            return prefix
+    raise CheckpointError(
+        f"{ckpt.folder}: no embedding table found (looked for 'model.embed_tokens.weight' and "
+        "'model.language_model.embed_tokens.weight'). Is this a Gemma 4 checkpoint?"
+    )
+
+
+# --- layers ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _MoE:
+    proj: Linear
+    scale: np.ndarray
+    per_expert_scale: np.ndarray
+    experts: Experts
+    pre_norm: np.ndarray  # pre_feedforward_layernorm_2
+    post_norm_dense: np.ndarray  # post_feedforward_layernorm_1
+    post_norm_experts: np.ndarray  # post_feedforward_layernorm_2
+    top_k: int
+
+
+class DecoderLayer:
+    """One Gemma 4 decoder layer; see the module docstring for its dataflow."""
+
+    def __init__(self, spec: LayerSpec, cfg: TextConfig, w: _Weights):
+        i, H, hd = spec.index, cfg.hidden_size, spec.head_dim
+        p = f"layers.{i}."
+        self.spec = spec
+        self.eps = cfg.rms_norm_eps
+        self.n_heads = cfg.num_attention_heads
+        self.window = cfg.sliding_window if spec.is_sliding else 0
+        self.input_norm = w.vector(p + "input_layernorm.weight", H)
+        self.post_attn_norm = w.vector(p + "post_attention_layernorm.weight", H)
+        self.pre_ff_norm = w.vector(p + "pre_feedforward_layernorm.weight", H)
+        self.post_ff_norm = w.vector(p + "post_feedforward_layernorm.weight", H)
+        a = p + "self_attn."
+        self.q_proj = w.linear(a + "q_proj", self.n_heads * hd, H)
+        self.q_norm = w.vector(a + "q_norm.weight", hd)
+        self.o_proj = w.linear(a + "o_proj", H, self.n_heads * hd)
+        # KV consumers have no k/v weights of their own (the checkpoint may still hold some;
+        # transformers ignores them, and so do we).
+        self.k_proj = self.v_proj = self.k_norm = None
+        if not spec.shares_kv:
+            self.k_proj = w.linear(a + "k_proj", spec.num_kv_heads * hd, H)
+            self.k_norm = w.vector(a + "k_norm.weight", hd)
+            if not spec.k_eq_v:
+                self.v_proj = w.linear(a + "v_proj", spec.num_kv_heads * hd, H)
+        m, inter = p + "mlp.", spec.intermediate_size
+        self.mlp = GatedMLP(
+            w.linear(m + "gate_proj", inter, H),
+            w.linear(m + "up_proj", inter, H),
+            w.linear(m + "down_proj", H, inter),
+        )
+        self.moe = _load_moe(p, cfg, w) if cfg.enable_moe_block else None
+        self.ple_gate = None
+        if cfg.has_ple:
+            P = cfg.hidden_size_per_layer_input
+            self.ple_gate = PerLayerGate(
+                w.linear(p + "per_layer_input_gate", P, H),
+                w.linear(p + "per_layer_projection", H, P),
+                w.vector(p + "post_per_layer_input_norm.weight", H),
+                self.eps,
+            )
+        self.layer_scalar = np.float32(w.vector(p + "layer_scalar", 1)[0])
+
+    def attend(
+        self,
+        h: np.ndarray,
+        pos: np.ndarray,
+        rope: tuple[np.ndarray, np.ndarray],
+        cache: KVCache,
+        shared: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    ) -> np.ndarray:
+        """Self-attention.  # h [S, H] (normed), pos [S] -> [S, H]"""
+        S, hd = h.shape[0], self.spec.head_dim
+        cos, sin = rope
+        q = self.q_proj(h).reshape(S, self.n_heads, hd)
+        q = apply_rope(rms_norm(q, self.q_norm, self.eps), cos, sin)
+        if self.spec.shares_kv:
+            keys, values, k_pos = shared[self.spec.layer_type]
+        else:
+            k_raw = self.k_proj(h).reshape(S, self.spec.num_kv_heads, hd)
+            # K=V: the value is the raw key projection, taken before k_norm and RoPE.
+            v_raw = k_raw if self.v_proj is None else self.v_proj(h).reshape(k_raw.shape)
+            k = apply_rope(rms_norm(k_raw, self.k_norm, self.eps), cos, sin)
+            v = rms_norm(v_raw, None, self.eps)
+            keys, values, k_pos = cache.layers[self.spec.index].extend(k, v, pos)
+            # Later consumers of this layer type read the last producer's keys and values.
+            shared[self.spec.layer_type] = (keys, values, k_pos)
+        o = attention(q, keys, values, pos, k_pos, self.window)
+        return self.o_proj(o.reshape(S, self.n_heads * hd))
+
+    def feed_forward(self, x: np.ndarray) -> np.ndarray:
+        """Dense MLP, plus the expert bank on MoE layers.  # [S, H] residual -> [S, H]"""
+        h = self.mlp(rms_norm(x, self.pre_ff_norm, self.eps))
+        if self.moe is not None:
+            moe = self.moe
+            _, weights, index = route(
+                x, moe.proj, moe.scale, moe.per_expert_scale, moe.top_k, self.eps
+            )
+            e = moe.experts(rms_norm(x, moe.pre_norm, self.eps), weights, index)
+            h = rms_norm(h, moe.post_norm_dense, self.eps) + rms_norm(
+                e, moe.post_norm_experts, self.eps
+            )
+        return rms_norm(h, self.post_ff_norm, self.eps)
+
+    def __call__(self, x, pos, rope, cache, shared, per_layer_input):
+        """# x [S, H] -> [S, H]"""
+        x = x + rms_norm(
+            self.attend(rms_norm(x, self.input_norm, self.eps), pos, rope, cache, shared),
+            self.post_attn_norm,
+            self.eps,
+        )
+        x = x + self.feed_forward(x)
+        if self.ple_gate is not None:
+            x = x + self.ple_gate(x, per_layer_input)
+        return x * self.layer_scalar
+
+
+def _load_moe(p: str, cfg: TextConfig, w: _Weights) -> _MoE:
+    H, E, inter = cfg.hidden_size, cfg.num_experts, cfg.moe_intermediate_size
+    gate_up, gu_tag = w.raw(p + "experts.gate_up_proj", (E, 2 * inter, H))
+    down, d_tag = w.raw(p + "experts.down_proj", (E, H, inter))
+    name = w.prefix + p + "experts."
+    return _MoE(
+        proj=w.linear(p + "router.proj", E, H),
+        scale=w.vector(p + "router.scale", H),
+        per_expert_scale=w.vector(p + "router.per_expert_scale", E),
+        experts=Experts(
+            [Linear(gate_up[e], gu_tag, f"{name}gate_up_proj[{e}]") for e in range(E)],
+            [Linear(down[e], d_tag, f"{name}down_proj[{e}]") for e in range(E)],
+        ),
+        pre_norm=w.vector(p + "pre_feedforward_layernorm_2.weight", H),
+        post_norm_dense=w.vector(p + "post_feedforward_layernorm_1.weight", H),
+        post_norm_experts=w.vector(p + "post_feedforward_layernorm_2.weight", H),
+        top_k=cfg.top_k_experts,
+    )
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+
+class Model:
+    """A loaded Gemma 4 text model. Build one with :func:`load_model`."""
+
+    def __init__(self, path: Path, progress: Callable[[str], None] | None = None):
+        say = progress or (lambda _msg: None)
+        self.path = path
+        cfg, raw = load_text_config(path)
+        if "quantization_config" in raw:
+            q = raw["quantization_config"]
+            raise ConfigError(
+                f"{path / 'config.json'}: quantization_config (quant_method="
+                f"{q.get('quant_method')!r}, format={q.get('format')!r}) is not supported yet. "
+                "Use the bf16 checkpoint."
+            )
+        self.config = cfg
+        gen_path = path / "generation_config.json"
+        self.generation_config: dict[str, Any] = load_json(gen_path) if gen_path.is_file() else {}
+        self.eos_ids: set[int] = set(
+            _ids(self.generation_config.get("eos_token_id")) or cfg.eos_token_id
+        )
+
+        ckpt = Checkpoint(path)
+        self.checkpoint = ckpt
+        w = _Weights(ckpt, _find_prefix(ckpt))
+        H, V = cfg.hidden_size, cfg.vocab_size
+        embed, embed_tag = w.raw("embed_tokens.weight", (V, H))
+        self.embed_table, self.embed_dtype = embed, embed_tag
+        self.embed_scale = np.float32(math.sqrt(H))
+        self.layers: list[DecoderLayer] = []
+        for spec in cfg.layers:
+            say(f"layer {spec.index + 1}/{cfg.num_hidden_layers}")
+            self.layers.append(DecoderLayer(spec, cfg, w))
+        self.norm = w.vector("norm.weight", H)
+        if cfg.tie_word_embeddings:
+            self.head = Linear(embed, embed_tag, w.prefix + "embed_tokens.weight")
+        else:
+            lm = "lm_head.weight"
+            arr = ckpt.array(lm, (V, H))
+            self.head = Linear(arr, _DTYPE_TAGS.get(ckpt.info(lm).dtype, "f32"), lm)
+        self.ple = None
+        if cfg.has_ple:
+            L, P = cfg.num_hidden_layers, cfg.hidden_size_per_layer_input
+            table, table_tag = w.raw(
+                "embed_tokens_per_layer.weight", (cfg.vocab_size_per_layer_input, L * P)
+            )
+            self.ple = PerLayerEmbeddings(
+                table,
+                table_tag,
+                w.linear("per_layer_model_projection", L * P, H),
+                w.vector("per_layer_projection_norm.weight", P),
+                L,
+                P,
+                H,
+                cfg.rms_norm_eps,
+            )
+        self._freqs = {
+            t: inv_freq(cfg.rope[t], next(s.head_dim for s in cfg.layers if s.layer_type == t))
+            for t in set(cfg.layer_types)
+        }
+        self.tokenizer: Tokenizer | None = (
+            Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
+        )
+        self.chat_template: ChatTemplate | None = ChatTemplate.from_dir(path)
+
+    # -- bookkeeping --
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the checkpoint files (what a memory-mapped model can touch)."""
+        return self.checkpoint.total_bytes
+
+    def new_cache(self) -> KVCache:
+        """An empty KV cache for this model."""
+        return KVCache(self.config.layers, self.config.sliding_window)
+
+    def _check_ids(self, ids: Sequence[int] | np.ndarray, start: int) -> np.ndarray:
+        arr = np.asarray(ids)
+        if arr.ndim != 1:
+            raise InputError(f"token ids must be a 1-D sequence, got shape {arr.shape}.")
+        if arr.size == 0:
+            raise InputError("the prompt is empty; pass at least one token id (e.g. BOS = 2).")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise InputError(f"token ids must be integers, got dtype {arr.dtype}.")
+        arr = arr.astype(np.int64)
+        limit = self.config.vocab_size
+        if self.config.has_ple:
+            limit = min(limit, self.config.vocab_size_per_layer_input)
+        bad = (arr < 0) | (arr >= limit)
+        if bad.any():
+            j = int(np.argmax(bad))
+            raise InputError(
+                f"token id {int(arr[j])} at position {j} is out of range: this model's "
+                f"vocabulary has ids 0..{limit - 1}. Was the prompt encoded with another "
+                "model's tokenizer?"
+            )
+        end = start + arr.size
+        if end > self.config.max_position_embeddings:
+            raise InputError(
+                f"{end} tokens exceed max_position_embeddings="
+                f"{self.config.max_position_embeddings} in config.json; shorten the prompt."
+            )
+        return arr
+
+    # -- the forward pass --
+
+    def _run(self, ids: np.ndarray, cache: KVCache, last_only: bool) -> np.ndarray:
+        """Run tokens through the decoder, appending to `cache`.
+
+        With `last_only`, the KV-consumer layers (and the head) run on the last position
+        alone: nothing later reads those layers' states at earlier positions, so this is exact.
+        # ids [S] -> logits [S or 1, V]
+        """
+        cfg = self.config
+        S = ids.size
+        pos = np.arange(cache.length, cache.length + S, dtype=np.int64)
+        x = widen(self.embed_table[ids], self.embed_dtype) * self.embed_scale
+        per_layer = self.ple(ids, x) if self.ple is not None else None
+        ropes = {t: cos_sin(pos, f) for t, f in self._freqs.items()}
+        shared: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for layer in self.layers:
+            if last_only and layer.spec.index == cfg.first_shared_layer and x.shape[0] > 1:
+                x, pos = x[-1:], pos[-1:]
+                per_layer = per_layer[-1:] if per_layer is not None else None
+                ropes = {t: (c[-1:], s[-1:]) for t, (c, s) in ropes.items()}
+            pli = per_layer[:, layer.spec.index] if per_layer is not None else None
+            x = layer(x, pos, ropes[layer.spec.layer_type], cache, shared, pli)
+        cache.length += S
+        if last_only:
+            x = x[-1:]
+        logits = self.head(rms_norm(x, self.norm, cfg.rms_norm_eps))
+        cap = cfg.final_logit_softcapping
+        if cap:
+            logits = np.float32(cap) * np.tanh(logits / np.float32(cap))
+        return logits.astype(np.float32, copy=False)
+
+    def forward(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Logits for every position of a fresh prefill.  # [S] int -> [S, vocab] float32"""
+        arr = self._check_ids(ids, 0)
+        return self._run(arr, self.new_cache(), last_only=False)
+
+    # -- generation --
+
+    def stream(
+        self,
+        ids: Sequence[int] | np.ndarray,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        do_sample: bool | None = None,
+        cache: KVCache | None = None,
+    ) -> Iterator[int]:
+        """Yield new token ids one at a time; stops after an EOS id (which is yielded).
+
+        Arguments left as None come from `generation_config.json`. With `cache`, `ids` continue
+        the tokens already in it (multi-turn chat).
+        """
+        s = Sampling.resolve(self.generation_config, temperature, top_k, top_p, do_sample)
+        if max_new_tokens is None:
+            max_new_tokens = int(self.generation_config.get("max_new_tokens", 256))
+        if max_new_tokens < 0:
+            raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
+        cache = cache if cache is not None else self.new_cache()
+        arr = self._check_ids(ids, cache.length)
+        rng = np.random.default_rng(seed)
+        if max_new_tokens == 0:
+            return
+        logits = self._run(arr, cache, last_only=True)[-1]
+        for n in range(max_new_tokens):
+            token = next_token(logits, s, rng)
+            yield token
+            if token in self.eos_ids or n + 1 == max_new_tokens:
+                return
+            if cache.length >= self.config.max_position_embeddings:
+                return
+            logits = self._run(np.array([token]), cache, last_only=True)[-1]
+
+    def generate(
+        self,
+        ids: Sequence[int] | np.ndarray,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        do_sample: bool | None = None,
+        on_token: Callable[[int], None] | None = None,
+    ) -> list[int]:
+        """Generate new tokens (greedy at temperature 0); returns only the new ids.
+
+        `on_token` is called with each id as soon as it exists, for streaming output.
+        """
+        out = []
+        for token in self.stream(ids, max_new_tokens, temperature, top_k, top_p, seed, do_sample):
+            out.append(token)
+            if on_token is not None:
+                on_token(token)
+        return out
+
+    # -- text in, text out --
+
+    def _need_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise InputError(
+                f"{self.path} has no tokenizer.json, so this model cannot take text. Copy the "
+                "checkpoint's tokenizer.json into the folder, or pass token ids."
+            )
+        return self.tokenizer
+
+    def render_chat(
+        self, messages: list[dict[str, Any]], enable_thinking: bool = False, **template_kwargs
+    ) -> str:
+        """The prompt text the checkpoint's own chat template makes of `messages`."""
+        if self.chat_template is None:
+            raise InputError(
+                f"{self.path} has no chat_template.jinja and no chat_template in "
+                "tokenizer_config.json; add the checkpoint's template to chat with it."
+            )
+        return self.chat_template.render(
+            messages, add_generation_prompt=True, enable_thinking=enable_thinking, **template_kwargs
+        )
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        enable_thinking: bool = False,
+        max_new_tokens: int | None = None,
+        on_text: Callable[[str], None] | None = None,
+        **sampling,
+    ) -> Response:
+        """Answer a conversation; returns the thinking channel and the answer apart."""
+        tok = self._need_tokenizer()
+        prompt = self.render_chat(messages, enable_thinking)
+        decoder = StreamDecoder(tok)
+        ids = []
+        for t in self.stream(tok.encode(prompt), max_new_tokens, **sampling):
+            ids.append(t)
+            piece = decoder.push(t)
+            if on_text is not None and piece:
+                on_text(piece)
+        return parse_response(tok.decode(ids))
+
+
+def _ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, int) else [int(v) for v in value]
+
+
+def load_model(
+    path: str | os.PathLike | None = None, progress: Callable[[str], None] | None = None
+) -> Model:
+    """Load a Gemma 4 checkpoint folder; with no argument, the embedded default in `data/`.
+
+    The folder holds `config.json` and `model.safetensors` (or shards plus
+    `model.safetensors.index.json`), and optionally `tokenizer.json`, `tokenizer_config.json`,
+    `chat_template.jinja` and `generation_config.json`, exactly as published. Weights are
+    memory-mapped, not read: loading is fast and costs little memory until tokens run.
+    """
+    if path is None:
+        path = os.environ.get("GEMMA4_REF_MODEL") or DEFAULT_MODEL
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"{folder} is not a checkpoint folder. Pass a folder holding config.json and "
+            "model.safetensors."
+        )
+    t0 = time.perf_counter()
+    model = Model(folder, progress)
+    model.load_seconds = time.perf_counter() - t0
+    return model
