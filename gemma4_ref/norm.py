@@ -10,7 +10,7 @@ every attention layer, and the MoE router's input norm.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
 def rms_norm_ref(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.ndarray:
@@ -21,12 +21,13 @@ def rms_norm_ref(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.nda
     return y if weight is None else y * weight
 
 
-@njit(parallel=True, cache=True)
+# Serial on purpose: this touches a few thousand floats, less time than waking threads.
+@njit(cache=True)
 def _rms_norm_rows(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray) -> None:
     # [rows, d], [d] -> [rows, d]; an empty `weight` means "no scale".
     rows, d = x.shape
     has_w = weight.shape[0] == d
-    for r in prange(rows):
+    for r in range(rows):
         ss = np.float32(0.0)
         for i in range(d):
             ss += x[r, i] * x[r, i]

@@ -16,7 +16,7 @@ dimension i with i + D/2 (the "rotate half" layout) and uses two flavours
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .config import RopeSpec
 
@@ -48,12 +48,13 @@ def apply_rope_ref(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarra
     return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
-@njit(parallel=True, cache=True)
+# Serial on purpose: this touches a few thousand floats, less time than waking threads.
+@njit(cache=True)
 def _rope_kernel(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: np.ndarray) -> None:
     # [S, H, D] -> [S, H, D]
     s_len, heads, d = x.shape
     half = d // 2
-    for s in prange(s_len):
+    for s in range(s_len):
         for h in range(heads):
             for i in range(half):
                 a = x[s, h, i]
