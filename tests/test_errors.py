@@ -43,40 +43,68 @@ def model():
     return gemma4_ref.load_model()
 
 
-def test_missing_weights_file(ckpt):
-    (ckpt / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+SHARD = "model-00002-of-00003.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+def _single_file(d: Path) -> Path:
+    """Turn the sharded copy into a single-file checkpoint (model.safetensors, no index)."""
+    tensors = {}
+    for shard in sorted(d.glob("model-*.safetensors")):
+        tensors.update(load_file(shard))
+        shard.unlink()
+    (d / INDEX).unlink()
+    save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
+    return d / "model.safetensors"
+
+
+def test_missing_shard(ckpt):
+    (ckpt / SHARD).unlink()
+    with pytest.raises(CheckpointError, match=rf"{SHARD} is missing"):
+        gemma4_ref.load_model(ckpt)
+
+
+def test_missing_single_weights_file(ckpt):
+    _single_file(ckpt).unlink()
+    with pytest.raises(CheckpointError, match=r"no model\.safetensors"):
+        gemma4_ref.load_model(ckpt)
+
+
+def test_shards_without_index(ckpt):
+    (ckpt / INDEX).unlink()
+    with pytest.raises(CheckpointError, match=rf"no {INDEX}"):
         gemma4_ref.load_model(ckpt)
 
 
 def test_truncated_weights_file(ckpt):
-    data = (ckpt / "model.safetensors").read_bytes()
-    (ckpt / "model.safetensors").unlink()
-    (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"model\.safetensors is truncated.*Re-download"):
+    data = (ckpt / SHARD).read_bytes()
+    (ckpt / SHARD).unlink()
+    (ckpt / SHARD).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"{SHARD} is truncated.*Re-download"):
         gemma4_ref.load_model(ckpt)
 
 
 def test_truncated_header(ckpt):
-    (ckpt / "model.safetensors").unlink()
-    (ckpt / "model.safetensors").write_bytes(b"\x10\x00")
+    (ckpt / SHARD).unlink()
+    (ckpt / SHARD).write_bytes(b"\x10\x00")
     with pytest.raises(CheckpointError, match="truncated"):
         gemma4_ref.load_model(ckpt)
 
 
-def test_missing_shard_named_by_index(ckpt):
-    index = {"weight_map": {"model.embed_tokens.weight": "model-00002-of-00002.safetensors"}}
-    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(CheckpointError, match=r"model-00002-of-00002\.safetensors is missing"):
+def test_index_names_a_file_that_is_not_there(ckpt):
+    index = json.loads(_own(ckpt / INDEX).read_text())
+    index["weight_map"]["model.norm.weight"] = "model-00009-of-00009.safetensors"
+    (ckpt / INDEX).write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"model-00009-of-00009\.safetensors is missing"):
         gemma4_ref.load_model(ckpt)
 
 
 def test_missing_tensor(ckpt):
-    tensors = load_file(ckpt / "model.safetensors")
+    path = _single_file(ckpt)
+    tensors = load_file(path)
     name = "model.layers.3.self_attn.q_norm.weight"
     del tensors[name]
-    (ckpt / "model.safetensors").unlink()
-    save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
+    save_file(tensors, path, metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=rf"tensor '{name}' is missing"):
         gemma4_ref.load_model(ckpt)
 

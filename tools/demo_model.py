@@ -1,7 +1,6 @@
 """The architecture of the embedded demo model: a small Gemma 4 with every idea of the book on.
 
-One place defines it, so that the random-weight default (`make_default_model.py`) and the
-trained demo model use the same `config.json`:
+One place defines it, for the training script (`train/train.py`) and the book:
 
 * Per-Layer Embeddings (64 wide per layer);
 * hybrid attention, 4 sliding : 1 global, a 64-token window, p-RoPE on the global layers;
@@ -57,12 +56,3 @@ GENERATION_CONFIG: dict = {
     "max_new_tokens": 128,
 }
 
-
-def build(seed: int = 0):
-    """A `Gemma4ForCausalLM` with the demo architecture and transformers' own initialisation."""
-    import torch
-    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
-
-    torch.manual_seed(seed)
-    config = Gemma4TextConfig(**DEMO_CONFIG)
-    return Gemma4ForCausalLM(config)
