@@ -93,27 +93,36 @@ def cmd_generate(a: argparse.Namespace) -> int:
 class _ChannelPrinter:
     """Streams a reply, labelling the thinking channel and hiding it unless asked to show it.
 
-    Channel markers are single special tokens, so each arrives as a whole piece.
+    Gemma 4 writes its thoughts as `<|channel>thought\n...<channel|>`. The markers are single
+    special tokens, so each arrives as a whole piece; the channel's name ("thought") runs to the
+    first newline and is not shown.
     """
 
     def __init__(self, show_thinking: bool):
         self.show_thinking = show_thinking
         self.in_thought = False
+        self.header: str | None = None  # the channel name, while it is being read
 
     def __call__(self, piece: str) -> None:
         if piece == "<|channel>":
-            self.in_thought = True
-            if self.show_thinking:
-                sys.stdout.write("[thinking] ")
+            self.in_thought, self.header = True, ""
+            piece = "[thinking] "
         elif piece == "<channel|>":
-            self.in_thought = False
+            self.in_thought, self.header = False, None
             if self.show_thinking:
                 sys.stdout.write("\n[answer] ")
+            return
         elif piece in ("<turn|>", "<eos>"):
             return
-        elif self.show_thinking or not self.in_thought:
+        elif self.header is not None:
+            self.header += piece
+            if "\n" not in self.header:
+                return
+            piece = self.header.split("\n", 1)[1]
+            self.header = None
+        if self.show_thinking or not self.in_thought:
             sys.stdout.write(piece)
-        sys.stdout.flush()
+            sys.stdout.flush()
 
 
 def cmd_chat(a: argparse.Namespace) -> int:

@@ -8,6 +8,6 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet -e .
 if [ "$#" -eq 0 ]; then
-    set -- --prompt "ROMEO: But soft, what light" --max-new-tokens 40
+    set -- --prompt "ROMEO. But soft, what light" --max-new-tokens 50 --seed 0
 fi
 exec .venv/bin/gemma4-ref generate "$@"
