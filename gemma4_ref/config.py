@@ -162,6 +162,14 @@ def text_config_from_dict(raw: dict[str, Any], source: str = "config.json") -> T
         )
 
     c = TextConfig(model_type=model_type, source=source)
+    # The unified 12B's text config (`Gemma4UnifiedTextConfig`) has other defaults and no PLE or
+    # MoE fields at all: transformers builds neither, whatever the file says.
+    unified = model_type.startswith("gemma4_unified") or str(text.get("model_type", "")).startswith(
+        "gemma4_unified"
+    )
+    if unified:
+        c.sliding_window, c.max_position_embeddings = 1024, 262_144
+        c.use_bidirectional_attention = "vision"
     ints = (
         "vocab_size hidden_size intermediate_size num_hidden_layers num_attention_heads "
         "num_key_value_heads head_dim max_position_embeddings sliding_window "
@@ -169,7 +177,9 @@ def text_config_from_dict(raw: dict[str, Any], source: str = "config.json") -> T
     ).split()
     for key in ints:
         setattr(c, key, _get(text, key, getattr(c, key), where, int))
-    c.hidden_size_per_layer_input = _get(text, "hidden_size_per_layer_input", 256, where, int) or 0
+    c.hidden_size_per_layer_input = (
+        0 if unified else _get(text, "hidden_size_per_layer_input", 256, where, int) or 0
+    )
     c.rms_norm_eps = _get(text, "rms_norm_eps", c.rms_norm_eps, where, float)
     c.final_logit_softcapping = _get(text, "final_logit_softcapping", None, where, float)
     for key in (
@@ -177,11 +187,14 @@ def text_config_from_dict(raw: dict[str, Any], source: str = "config.json") -> T
     ).split():
         value = _get(text, key, getattr(c, key), where, bool)
         setattr(c, key, bool(value))
+    c.enable_moe_block = c.enable_moe_block and not unified
     # The multimodal wrapper keeps `tie_word_embeddings` at the top level.
     if "tie_word_embeddings" in top and top is not text:
         c.tie_word_embeddings = bool(top["tie_word_embeddings"])
     c.hidden_activation = text.get("hidden_activation", c.hidden_activation)
-    c.use_bidirectional_attention = text.get("use_bidirectional_attention")
+    c.use_bidirectional_attention = text.get(
+        "use_bidirectional_attention", c.use_bidirectional_attention
+    )
     c.pad_token_id = text.get("pad_token_id", top.get("pad_token_id", 0))
     c.bos_token_id = text.get("bos_token_id", top.get("bos_token_id", 2))
     eos = top.get("eos_token_id", text.get("eos_token_id", 1))
