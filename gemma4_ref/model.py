@@ -33,8 +33,10 @@ import numpy as np
 from .attention import KVCache, attention
 from .chat import ChatTemplate, Response, parse_response
 from .checkpoint import Checkpoint
+from .compressed import QuantizationConfig
 from .config import LayerSpec, TextConfig, load_json, load_text_config
 from .errors import CheckpointError, ConfigError, InputError
+from .int4 import QuantizedLinear, unpack_ref
 from .linear import Linear, widen
 from .mlp import GatedMLP
 from .moe import Experts, route
@@ -56,9 +58,10 @@ _DTYPE_TAGS = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
 class _Weights:
     """Fetches tensors by their decoder-relative name, checking shape and dtype."""
 
-    def __init__(self, ckpt: Checkpoint, prefix: str):
+    def __init__(self, ckpt: Checkpoint, prefix: str, quant: QuantizationConfig | None):
         self.ckpt = ckpt
         self.prefix = prefix
+        self.quant = quant
 
     def _full(self, name: str) -> str:
         return self.prefix + name
@@ -77,9 +80,56 @@ class _Weights:
             )
         return arr, tag
 
-    def linear(self, name: str, out_f: int, in_f: int) -> Linear:
+    def linear(self, name: str, out_f: int, in_f: int) -> Linear | QuantizedLinear:
+        full = self._full(name)
+        if full + ".weight_packed" in self.ckpt:
+            return self._quantized(full, out_f, in_f)
         arr, tag = self.raw(name + ".weight", (out_f, in_f))
-        return Linear(arr, tag, self._full(name))
+        return Linear(arr, tag, full)
+
+    def _quantized(self, full: str, out_f: int, in_f: int) -> QuantizedLinear:
+        """A compressed-tensors packed weight, left packed."""
+        ck = self.ckpt
+        if self.quant is None:
+            raise ConfigError(
+                f"tensor '{full}.weight_packed' is quantized, but {ck.folder / 'config.json'} has "
+                "no quantization_config to say how. Copy the checkpoint's config.json."
+            )
+        args = self.quant.scheme_for(full)
+        if args is None:
+            raise ConfigError(
+                f"{self.quant.source}: '{full}' is stored packed, but no config group of "
+                "quantization_config targets it (or its ignore list names it)."
+            )
+        group = args.group_size or in_f
+        bits = args.num_bits
+        if in_f % group or (in_f * bits) % 32:
+            raise ConfigError(
+                f"{self.quant.source}: '{full}' has {in_f} inputs, which group size {group} "
+                f"and {bits}-bit packing do not divide; this layout is not supported."
+            )
+        packed = ck.array(full + ".weight_packed", (out_f, in_f * bits // 32))
+        if ck.info(full + ".weight_packed").dtype != "I32":
+            raise CheckpointError(f"tensor '{full}.weight_packed' must be int32.")
+        if full + ".weight_shape" in ck:
+            shape = [int(v) for v in ck.array(full + ".weight_shape")]
+            if shape != [out_f, in_f]:
+                raise CheckpointError(
+                    f"tensor '{full}.weight_shape' says {shape}, but config.json implies "
+                    f"{[out_f, in_f]}. The config and weights do not match."
+                )
+        scale = ck.array(full + ".weight_scale", (out_f, in_f // group))
+        scale_dtype = _DTYPE_TAGS.get(ck.info(full + ".weight_scale").dtype)
+        if scale_dtype is None:
+            raise CheckpointError(f"tensor '{full}.weight_scale' must be BF16, F16 or F32.")
+        if scale_dtype == "f16":  # the kernels read bf16 bits or float32
+            scale = scale.astype(np.float32)
+        zero = None
+        if not args.symmetric:
+            rows = -(-out_f * bits // 32)
+            zp = ck.array(full + ".weight_zero_point", (rows, in_f // group))
+            zero = unpack_ref(np.ascontiguousarray(zp), bits, out_f, axis=0)
+        return QuantizedLinear(packed, scale, scale_dtype, zero, args, (out_f, in_f), full)
 
     def vector(self, name: str, size: int) -> np.ndarray:
         """Small tensors (norm weights, scales) are widened once to float32."""
@@ -213,6 +263,12 @@ class DecoderLayer:
 
 def _load_moe(p: str, cfg: TextConfig, w: _Weights) -> _MoE:
     H, E, inter = cfg.hidden_size, cfg.num_experts, cfg.moe_intermediate_size
+    experts = w.prefix + p + "experts."
+    if any(n.startswith(experts) and "packed" in n for n in w.ckpt.tensors):
+        raise ConfigError(
+            f"tensors under '{experts}' are quantized; packed MoE experts are not supported. "
+            "Keep the experts in bf16 (Google's exports do)."
+        )
     gate_up, gu_tag = w.raw(p + "experts.gate_up_proj", (E, 2 * inter, H))
     down, d_tag = w.raw(p + "experts.down_proj", (E, H, inter))
     name = w.prefix + p + "experts."
@@ -241,12 +297,10 @@ class Model:
         say = progress or (lambda _msg: None)
         self.path = path
         cfg, raw = load_text_config(path)
+        quant = None
         if "quantization_config" in raw:
-            q = raw["quantization_config"]
-            raise ConfigError(
-                f"{path / 'config.json'}: quantization_config (quant_method="
-                f"{q.get('quant_method')!r}, format={q.get('format')!r}) is not supported yet. "
-                "Use the bf16 checkpoint."
+            quant = QuantizationConfig.from_dict(
+                raw["quantization_config"], str(path / "config.json")
             )
         self.config = cfg
         gen_path = path / "generation_config.json"
@@ -257,7 +311,13 @@ class Model:
 
         ckpt = Checkpoint(path)
         self.checkpoint = ckpt
-        w = _Weights(ckpt, _find_prefix(ckpt))
+        w = _Weights(ckpt, _find_prefix(ckpt), quant)
+        for name in ("embed_tokens", "embed_tokens_per_layer"):
+            if w.has(name + ".weight_packed"):
+                raise ConfigError(
+                    f"tensor '{w.prefix}{name}.weight_packed': quantized embedding tables are "
+                    "not supported; keep embeddings in bf16 (list them in `ignore`)."
+                )
         H, V = cfg.hidden_size, cfg.vocab_size
         embed, embed_tag = w.raw("embed_tokens.weight", (V, H))
         self.embed_table, self.embed_dtype = embed, embed_tag
@@ -369,6 +429,15 @@ class Model:
             logits = np.float32(cap) * np.tanh(logits / np.float32(cap))
         return logits.astype(np.float32, copy=False)
 
+    def step(
+        self, ids: Sequence[int] | np.ndarray, cache: KVCache, last_only: bool = True
+    ) -> np.ndarray:
+        """Feed tokens that continue `cache` (a prompt, or one new token) and return logits.
+
+        # ids [S] -> [1, vocab] (last_only) or [S, vocab]
+        """
+        return self._run(self._check_ids(ids, cache.length), cache, last_only)
+
     def forward(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Logits for every position of a fresh prefill.  # [S] int -> [S, vocab] float32"""
         arr = self._check_ids(ids, 0)
@@ -398,11 +467,11 @@ class Model:
         if max_new_tokens < 0:
             raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
         cache = cache if cache is not None else self.new_cache()
-        arr = self._check_ids(ids, cache.length)
+        self._check_ids(ids, cache.length)
         rng = np.random.default_rng(seed)
         if max_new_tokens == 0:
             return
-        logits = self._run(arr, cache, last_only=True)[-1]
+        logits = self.step(ids, cache)[-1]
         for n in range(max_new_tokens):
             token = next_token(logits, s, rng)
             yield token
@@ -410,7 +479,7 @@ class Model:
                 return
             if cache.length >= self.config.max_position_embeddings:
                 return
-            logits = self._run(np.array([token]), cache, last_only=True)[-1]
+            logits = self.step([token], cache)[-1]
 
     def generate(
         self,

@@ -1,0 +1,308 @@
+"""Packed integer weights: the compressed-tensors `pack-quantized` format (int4 and int8).
+
+Google's QAT checkpoints `gemma-4-*-it-qat-w4a16-ct` store each linear weight W [out, in] as
+(compressed-tensors 0.20, `compressors/pack_quantized`):
+
+* `weight_packed`, int32 [out, in * bits / 32]: the integers q, densely packed along the input
+  dimension, element i at bit i * bits of the row, **lowest bits first**, stored unsigned with an
+  offset of 2^(bits-1) (+8 for int4, so q = -8..7 is stored as 0..15);
+* `weight_scale` [out, in / group] in the checkpoint dtype (bf16): one step size per group of
+  `group` consecutive inputs (`group` strategy) or per row (`channel` strategy);
+* `weight_zero_point`, int32 [ceil(out * bits / 32), groups], only for asymmetric schemes: packed
+  the same way but along the *output* dimension;
+* `weight_shape`, int64 [2]: the unpacked shape.
+
+The weight is `W[r, c] = (q[r, c] - z[r, g]) * s[r, g]` with g = c // group, computed in the
+**scale's dtype** -- so with bf16 scales each weight is `bf16(q * s)`, a rounded product, and
+matching transformers means rounding the same way.
+
+For int4 the bit layout reduces to bytes: byte k of a row holds element 2k in its low nibble
+and element 2k + 1 in its high nibble (on a little-endian machine). Weights stay packed in memory
+-- a quarter of bf16's bytes -- and the kernels unpack them on the fly, which is what makes int4
+fast on a CPU: decode speed is set by bytes read per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+# --- scalar helpers for the kernels -----------------------------------------------------------
+
+
+@intrinsic
+def _bits_to_f32(typingctx, bits):
+    """Reinterpret uint32 bits as a float32 (a no-op cast, as C's memcpy would do)."""
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return sig, codegen
+
+
+@intrinsic
+def _f32_to_bits(typingctx, value):
+    """Reinterpret a float32 as its uint32 bits."""
+    sig = types.uint32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.uint32))
+
+    return sig, codegen
+
+
+def _as_f32(value):
+    """A stored scale as float32: bf16 bits (uint16) are widened, floats are cast."""
+    raise NotImplementedError  # only used inside Numba kernels, through the overload below
+
+
+@overload(_as_f32)
+def _as_f32_impl(value):
+    if value == types.uint16:
+        return lambda value: _bits_to_f32(np.uint32(value) << 16)
+    return lambda value: np.float32(value)
+
+
+@njit(inline="always")
+def _round_mantissa(x, drop):
+    """Round a float32 to `23 - drop` mantissa bits, to nearest even (bf16: drop 16, f16: 13)."""
+    if drop == 0:
+        return x
+    bits = _f32_to_bits(x)
+    half = np.uint32((1 << (drop - 1)) - 1) + ((bits >> np.uint32(drop)) & np.uint32(1))
+    bits = (bits + half) & ~np.uint32((1 << drop) - 1)
+    return _bits_to_f32(bits)
+
+
+#: mantissa bits dropped when rounding a dequantized weight to the scale's dtype
+ROUND_DROP = {"bf16": 16, "f16": 13, "f32": 0}
+
+
+@dataclass(frozen=True)
+class QuantArgs:
+    """The weight quantization of one compressed-tensors config group."""
+
+    num_bits: int
+    group_size: int | None  # None: one scale per output row ("channel")
+    symmetric: bool
+    strategy: str
+
+
+# --- the plain NumPy reference ----------------------------------------------------------------
+
+
+def pack_ref(q: np.ndarray, num_bits: int, axis: int = 1) -> np.ndarray:
+    """Pack signed integers densely into int32 words, lowest bits first, with the +2^(b-1) offset.
+
+    # q int [rows, cols] -> int32 [rows, ceil(cols * b / 32)]   (axis=0 packs down the columns)
+    """
+    if axis == 0:
+        return pack_ref(q.T, num_bits, 1).T.copy()
+    rows, cols = q.shape
+    per_word = 32 // num_bits
+    words = -(-cols // per_word)
+    u = np.zeros((rows, words * per_word), np.uint32)
+    u[:, :cols] = (q.astype(np.int32) + (1 << (num_bits - 1))).astype(np.uint32)
+    u = u.reshape(rows, words, per_word)
+    shifts = (np.arange(per_word, dtype=np.uint32) * num_bits)[None, None, :]
+    return np.bitwise_or.reduce(u << shifts, axis=2).view(np.int32)
+
+
+def unpack_ref(packed: np.ndarray, num_bits: int, cols: int, axis: int = 1) -> np.ndarray:
+    """Undo :func:`pack_ref`.  # int32 [rows, words] -> int8 [rows, cols]"""
+    if axis == 0:
+        return unpack_ref(packed.T, num_bits, cols, 1).T.copy()
+    per_word = 32 // num_bits
+    shifts = (np.arange(per_word, dtype=np.uint32) * num_bits)[None, None, :]
+    u = (packed.view(np.uint32)[:, :, None] >> shifts) & np.uint32((1 << num_bits) - 1)
+    u = u.reshape(packed.shape[0], -1)[:, :cols]
+    return (u.astype(np.int32) - (1 << (num_bits - 1))).astype(np.int8)
+
+
+def dequantize_ref(
+    q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, group: int, scale_dtype: str
+) -> np.ndarray:
+    """W = (q - z) * s, rounded to the scale's dtype as compressed-tensors computes it.
+
+    # q int8 [out, in], scale f32 [out, G], zero int8 [out, G] | None -> f32 [out, in]
+    """
+    s = np.repeat(scale.astype(np.float32), group, axis=1)
+    qz = q.astype(np.float32)
+    if zero is not None:
+        qz = qz - np.repeat(zero.astype(np.float32), group, axis=1)
+    w = qz * s  # exact in float32: a small integer times a bf16 or f16 value
+    if scale_dtype == "bf16":
+        from .linear import bf16_to_f32, f32_to_bf16
+
+        return bf16_to_f32(f32_to_bf16(w))
+    if scale_dtype == "f16":
+        return w.astype(np.float16).astype(np.float32)
+    return w
+
+
+def quantize_ref(
+    w: np.ndarray, num_bits: int, group: int, symmetric: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Round-to-nearest quantization with compressed-tensors' min-max rule, per group.
+
+    Symmetric: `s = max|w| / ((2^b - 1) / 2)` (7.5 for int4), z = 0. Asymmetric:
+    `s = (max - min) / (2^b - 1)`, `z = round(q_min - min / s)`. Then
+    `q = clamp(round_half_even(w / s) + z, q_min, q_max)`. The scale is rounded to bf16 first,
+    as it is stored, and q is computed against the stored scale.
+    # w f32 [out, in] -> (q int8 [out, in], scale bf16 bits [out, G], zero int8 [out, G] | None)
+    """
+    from .linear import bf16_to_f32, f32_to_bf16
+
+    out_f, in_f = w.shape
+    q_min, q_max = -(1 << (num_bits - 1)), (1 << (num_bits - 1)) - 1
+    g = w.reshape(out_f, in_f // group, group).astype(np.float32)
+    if symmetric:
+        scale = np.abs(g).max(axis=2) / np.float32((q_max - q_min) / 2)
+        zero = None
+    else:
+        lo = np.minimum(g.min(axis=2), 0.0)
+        hi = np.maximum(g.max(axis=2), 0.0)
+        scale = (hi - lo) / np.float32(q_max - q_min)
+    scale = np.where(scale == 0, np.float32(1.0), scale).astype(np.float32)
+    scale_bits = f32_to_bf16(scale)
+    s = bf16_to_f32(scale_bits)
+    if not symmetric:
+        zero = np.clip(np.round(q_min - lo / s), q_min, q_max).astype(np.int8)
+    z = 0 if zero is None else zero[:, :, None]
+    q = np.clip(np.round(g / s[:, :, None]) + z, q_min, q_max).astype(np.int8)
+    return q.reshape(out_f, in_f), scale_bits, zero
+
+
+# --- Numba kernels ----------------------------------------------------------------------------
+
+
+@njit(inline="always")
+def _dequant_group(packed, scale, zero, r, g, group, bits, drop, has_zero, lut, out, out_off):
+    # Dequantize group g of row r into out[out_off : out_off + group].
+    s = _as_f32(scale[r, g])
+    z = np.float32(zero[r, g]) if has_zero else np.float32(0.0)
+    if bits == 4:
+        # 16 possible values per group: build them once, then look nibbles up.
+        for n in range(16):
+            lut[n] = _round_mantissa((np.float32(n - 8) - z) * s, drop)
+        base = (g * group) >> 1
+        for k in range(group >> 1):
+            byte = packed[r, base + k]
+            out[out_off + 2 * k] = lut[byte & 15]
+            out[out_off + 2 * k + 1] = lut[byte >> 4]
+    else:
+        base = g * group
+        for k in range(group):
+            q = np.float32(np.int32(packed[r, base + k]) - 128)
+            out[out_off + k] = _round_mantissa((q - z) * s, drop)
+
+
+@njit(parallel=True, cache=True)
+def qmatvec(packed, scale, zero, x, out, bits, group, drop):
+    """out = W x with W packed.  # packed u8 [out, in*bits/8], x [in] -> out [out]
+
+    Each row is dequantized group by group into a small buffer and reduced with eight
+    accumulators; rows are split over the cores in blocks.
+    """
+    n_out = packed.shape[0]
+    n_in = x.shape[0]
+    n_groups = n_in // group
+    has_zero = zero.shape[0] == n_out
+    block = 16
+    for b in prange((n_out + block - 1) // block):
+        lut = np.empty(16, np.float32)
+        vals = np.empty(group, np.float32)
+        for r in range(b * block, min((b + 1) * block, n_out)):
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+            tail = np.float32(0.0)
+            for g in range(n_groups):
+                _dequant_group(packed, scale, zero, r, g, group, bits, drop, has_zero, lut, vals, 0)
+                xo = g * group
+                n8 = group - group % 8
+                for i in range(0, n8, 8):
+                    s0 += vals[i] * x[xo + i]
+                    s1 += vals[i + 1] * x[xo + i + 1]
+                    s2 += vals[i + 2] * x[xo + i + 2]
+                    s3 += vals[i + 3] * x[xo + i + 3]
+                    s4 += vals[i + 4] * x[xo + i + 4]
+                    s5 += vals[i + 5] * x[xo + i + 5]
+                    s6 += vals[i + 6] * x[xo + i + 6]
+                    s7 += vals[i + 7] * x[xo + i + 7]
+                for i in range(n8, group):
+                    tail += vals[i] * x[xo + i]
+            out[r] = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + tail
+
+
+@njit(parallel=True, cache=True)
+def dequant_rows(packed, scale, zero, lo, hi, bits, group, drop, out):
+    """Dequantize rows lo..hi into out [hi - lo, in] (the prefill path hands it to BLAS)."""
+    n_groups = out.shape[1] // group
+    has_zero = zero.shape[0] == packed.shape[0]
+    for r in prange(lo, hi):
+        lut = np.empty(16, np.float32)
+        row = out[r - lo]
+        for g in range(n_groups):
+            _dequant_group(
+                packed, scale, zero, r, g, group, bits, drop, has_zero, lut, row, g * group
+            )
+
+
+_NO_ZERO = np.zeros((0, 0), np.int8)
+_TILE_FLOATS = 4 * 1024 * 1024
+
+
+class QuantizedLinear:
+    """A linear layer whose weight stays packed; same interface as :class:`linear.Linear`."""
+
+    def __init__(
+        self,
+        packed: np.ndarray,
+        scale: np.ndarray,
+        scale_dtype: str,
+        zero: np.ndarray | None,
+        args: QuantArgs,
+        shape: tuple[int, int],
+        name: str = "",
+    ):
+        out_f, in_f = shape
+        self.name = name
+        self.args = args
+        self.out_features, self.in_features = out_f, in_f
+        self.group = args.group_size or in_f
+        # int32 words viewed as bytes: for int4, two elements a byte, low nibble first.
+        self.packed = packed.view(np.uint8)
+        self.scale = scale  # [out, G]: uint16 bf16 bits, or float32
+        self.scale_dtype = scale_dtype
+        self.drop = ROUND_DROP[scale_dtype]
+        self.zero = _NO_ZERO if zero is None else zero  # int8 [out, G], unpacked at load
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + self.scale.nbytes + self.zero.nbytes
+
+    def dequantize(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Rows lo..hi of W as float32.  # -> [hi - lo, in]"""
+        hi = self.out_features if hi is None else hi
+        out = np.empty((hi - lo, self.in_features), np.float32)
+        bits = self.args.num_bits
+        dequant_rows(self.packed, self.scale, self.zero, lo, hi, bits, self.group, self.drop, out)
+        return out
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """y = x W^T.  # [S, in] f32 -> [S, out] f32"""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.shape[0] == 1:
+            out = np.empty(self.out_features, np.float32)
+            bits = self.args.num_bits
+            qmatvec(self.packed, self.scale, self.zero, x[0], out, bits, self.group, self.drop)
+            return out[None, :]
+        y = np.empty((x.shape[0], self.out_features), np.float32)
+        rows = max(1, min(self.out_features, _TILE_FLOATS // self.in_features))
+        for lo in range(0, self.out_features, rows):
+            hi = min(lo + rows, self.out_features)
+            y[:, lo:hi] = x @ self.dequantize(lo, hi).T
+        return y
