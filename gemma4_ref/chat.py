@@ -28,6 +28,7 @@ import jinja2.ext
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .config import load_json
 from .errors import Gemma4Error
 
 TEMPLATE_FILE = "chat_template.jinja"
@@ -179,14 +180,16 @@ class ChatTemplate:
         special-token names come from ``tokenizer_config.json``.
         """
         directory = Path(path)
-        config = _read_json(directory / CONFIG_FILE)
+        config = load_json(directory / CONFIG_FILE, missing_ok=True)
         special = _special_tokens(config)
         jinja_file = directory / TEMPLATE_FILE
         if jinja_file.is_file():
             return cls(jinja_file.read_text(encoding="utf-8"), special, str(jinja_file))
         json_file = directory / TEMPLATE_JSON_FILE
         if json_file.is_file():
-            source = _pick_template(_read_json(json_file).get("chat_template"), json_file)
+            source = _pick_template(
+                load_json(json_file, missing_ok=True).get("chat_template"), json_file
+            )
             if source is not None:
                 return cls(source, special, str(json_file))
         source = _pick_template(config.get("chat_template"), directory / CONFIG_FILE)
@@ -312,18 +315,6 @@ def _check_content(content: Any, where: str) -> None:
             )
         if kind == "text" and not isinstance(item.get("text"), str):
             raise ChatTemplateError(f"{item_where} is a text item without a str 'text' field")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ChatTemplateError(f"{path}: not valid JSON ({exc}); fix or delete it") from exc
-    if not isinstance(data, dict):
-        raise ChatTemplateError(f"{path}: expected a JSON object at the top level")
-    return data
 
 
 def _pick_template(value: Any, where: Path) -> str | None:

@@ -386,13 +386,19 @@ def _resolve_layers(text: dict[str, Any], c: TextConfig, where: str) -> list[Lay
     return layers
 
 
-def load_json(path: Path) -> dict[str, Any]:
-    """Parse a JSON file, naming it in the error if it is missing or malformed."""
+def load_json(path: Path, missing_ok: bool = False) -> dict[str, Any]:
+    """Parse a JSON object file, naming it in the error if it is missing or malformed.
+
+    With `missing_ok`, a file that does not exist reads as `{}` (optional files such as
+    `generation_config.json` or `tokenizer_config.json`).
+    """
     if not path.is_file():
+        if missing_ok:
+            return {}
         raise ConfigError(f"{path} not found. A Gemma 4 checkpoint folder needs {path.name}.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid JSON ({e}). Re-download or repair the file.") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a JSON object.")

@@ -304,7 +304,7 @@ class Model:
             )
         self.config = cfg
         gen_path = path / "generation_config.json"
-        self.generation_config: dict[str, Any] = load_json(gen_path) if gen_path.is_file() else {}
+        self.generation_config: dict[str, Any] = load_json(gen_path, missing_ok=True)
         self.eos_ids: set[int] = set(
             _ids(self.generation_config.get("eos_token_id")) or cfg.eos_token_id
         )

@@ -19,7 +19,6 @@ time during generation without ever splitting a character.
 
 from __future__ import annotations
 
-import json
 import operator
 import re
 from collections.abc import Iterable, Mapping
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import tokenizers
 
+from .config import load_json
 from .errors import Gemma4Error
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -255,14 +255,7 @@ class StreamDecoder:
 def _special_token_names(config_file: Path) -> dict[str, str]:
     """bos/eos/pad token names from tokenizer_config.json; Gemma's names if it is absent."""
     names = {"bos_token": DEFAULT_BOS, "eos_token": DEFAULT_EOS, "pad_token": DEFAULT_PAD}
-    if not config_file.is_file():
-        return names
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TokenizerError(f"{config_file}: not valid JSON ({exc}); fix or delete it") from exc
-    if not isinstance(config, Mapping):
-        raise TokenizerError(f"{config_file}: expected a JSON object at the top level")
+    config = load_json(config_file, missing_ok=True)
     for key in names:
         value = config.get(key)
         # transformers writes either a plain string or an AddedToken dict with "content".
