@@ -28,31 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
+
+from .linear import bf16_to_f32, bits_to_f32, f32_to_bf16, f32_to_bits
 
 # --- scalar helpers for the kernels -----------------------------------------------------------
-
-
-@intrinsic
-def _bits_to_f32(typingctx, bits):
-    """Reinterpret uint32 bits as a float32 (a no-op cast, as C's memcpy would do)."""
-    sig = types.float32(types.uint32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
-
-    return sig, codegen
-
-
-@intrinsic
-def _f32_to_bits(typingctx, value):
-    """Reinterpret a float32 as its uint32 bits."""
-    sig = types.uint32(types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.uint32))
-
-    return sig, codegen
 
 
 def _as_f32(value):
@@ -63,7 +43,7 @@ def _as_f32(value):
 @overload(_as_f32)
 def _as_f32_impl(value):
     if value == types.uint16:
-        return lambda value: _bits_to_f32(np.uint32(value) << 16)
+        return lambda value: bits_to_f32(np.uint32(value) << 16)
     return lambda value: np.float32(value)
 
 
@@ -72,10 +52,10 @@ def _round_mantissa(x, drop):
     """Round a float32 to `23 - drop` mantissa bits, to nearest even (bf16: drop 16, f16: 13)."""
     if drop == 0:
         return x
-    bits = _f32_to_bits(x)
+    bits = f32_to_bits(x)
     half = np.uint32((1 << (drop - 1)) - 1) + ((bits >> np.uint32(drop)) & np.uint32(1))
     bits = (bits + half) & ~np.uint32((1 << drop) - 1)
-    return _bits_to_f32(bits)
+    return bits_to_f32(bits)
 
 
 #: mantissa bits dropped when rounding a dequantized weight to the scale's dtype
@@ -136,8 +116,6 @@ def dequantize_ref(
         qz = qz - np.repeat(zero.astype(np.float32), group, axis=1)
     w = qz * s  # exact in float32: a small integer times a bf16 or f16 value
     if scale_dtype == "bf16":
-        from .linear import bf16_to_f32, f32_to_bf16
-
         return bf16_to_f32(f32_to_bf16(w))
     if scale_dtype == "f16":
         return w.astype(np.float16).astype(np.float32)
@@ -155,8 +133,6 @@ def quantize_ref(
     as it is stored, and q is computed against the stored scale.
     # w f32 [out, in] -> (q int8 [out, in], scale bf16 bits [out, G], zero int8 [out, G] | None)
     """
-    from .linear import bf16_to_f32, f32_to_bf16
-
     out_f, in_f = w.shape
     q_min, q_max = -(1 << (num_bits - 1)), (1 << (num_bits - 1)) - 1
     g = w.reshape(out_f, in_f // group, group).astype(np.float32)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 # Rows widened per BLAS call in the prefill path: about 16 MB of float32 at a time.
 _TILE_FLOATS = 4 * 1024 * 1024
@@ -57,40 +58,44 @@ def linear_ref(x: np.ndarray, w: np.ndarray, dtype: str) -> np.ndarray:
 # --- Numba kernels ----------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
+@intrinsic
+def bits_to_f32(typingctx, bits):
+    """Reinterpret uint32 bits as a float32 inside a kernel (what C does with memcpy)."""
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return sig, codegen
+
+
+@intrinsic
+def f32_to_bits(typingctx, value):
+    """Reinterpret a float32 as its uint32 bits inside a kernel."""
+    sig = types.uint32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.uint32))
+
+    return sig, codegen
+
+
+# `reassoc` lets LLVM split the dot product over SIMD lanes; the sum then runs in another order
+# than NumPy's, which `tests/test_kernels.py` bounds at a relative 1e-5.
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 def matvec_bf16(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
     """out = W x for bf16 W.  # [out, in] u16, [in] f32 -> [out] f32
 
-    Rows are split over cores in blocks; each row is widened into a per-block float32 buffer and
-    reduced with eight independent accumulators, which lets LLVM use SIMD without `fastmath`.
+    One pass over each row: widen (a shift and a bit-cast) and multiply-add. The rows are
+    split over the cores; the weights stream from memory once, which is all decode can ask.
     """
     n_out, n_in = w.shape
-    block = 16
-    n_blocks = (n_out + block - 1) // block
-    n8 = n_in - n_in % 8
-    for b in prange(n_blocks):
-        bits = np.empty(n_in, np.uint32)
-        vals = bits.view(np.float32)
-        lo = b * block
-        hi = min(lo + block, n_out)
-        for o in range(lo, hi):
-            row = w[o]
-            for i in range(n_in):
-                bits[i] = np.uint32(row[i]) << 16
-            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
-            for i in range(0, n8, 8):
-                s0 += vals[i] * x[i]
-                s1 += vals[i + 1] * x[i + 1]
-                s2 += vals[i + 2] * x[i + 2]
-                s3 += vals[i + 3] * x[i + 3]
-                s4 += vals[i + 4] * x[i + 4]
-                s5 += vals[i + 5] * x[i + 5]
-                s6 += vals[i + 6] * x[i + 6]
-                s7 += vals[i + 7] * x[i + 7]
-            tail = np.float32(0.0)
-            for i in range(n8, n_in):
-                tail += vals[i] * x[i]
-            out[o] = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + tail
+    for o in prange(n_out):
+        row = w[o]
+        acc = np.float32(0.0)
+        for i in range(n_in):
+            acc += bits_to_f32(np.uint32(row[i]) << 16) * x[i]
+        out[o] = acc
 
 
 @njit(parallel=True, cache=True)

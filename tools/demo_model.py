@@ -55,4 +55,3 @@ GENERATION_CONFIG: dict = {
     "top_p": 0.95,
     "max_new_tokens": 128,
 }
-
