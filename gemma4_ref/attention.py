@@ -30,6 +30,21 @@ def visible(q_pos: np.ndarray, k_pos: np.ndarray, window: int) -> np.ndarray:
     return ok
 
 
+def attention_probs(
+    q: np.ndarray, k: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray, window: int
+) -> np.ndarray:
+    """The softmax attention weights themselves, for looking at.
+
+    # q [S, nH, D], k [T, nKV, D] -> [nH, S, T]
+    """
+    k_full = np.repeat(k, q.shape[1] // k.shape[1], axis=1)
+    scores = np.einsum("shd,thd->hst", q, k_full)
+    scores = np.where(visible(q_pos, k_pos, window)[None], scores, -np.inf)
+    scores -= scores.max(axis=-1, keepdims=True)
+    p = np.exp(scores)
+    return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
 def attention_ref(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray, window: int
 ) -> np.ndarray:
@@ -37,15 +52,8 @@ def attention_ref(
 
     # q [S, nH, D], k/v [T, nKV, D], q_pos [S], k_pos [T] -> [S, nH, D]
     """
-    n_heads, n_kv = q.shape[1], k.shape[1]
-    group = n_heads // n_kv
-    k_full = np.repeat(k, group, axis=1)  # [T, nH, D]
-    v_full = np.repeat(v, group, axis=1)
-    scores = np.einsum("shd,thd->hst", q, k_full)  # [nH, S, T]
-    scores = np.where(visible(q_pos, k_pos, window)[None], scores, -np.inf)
-    scores -= scores.max(axis=-1, keepdims=True)
-    p = np.exp(scores)
-    p /= p.sum(axis=-1, keepdims=True)
+    p = attention_probs(q, k, q_pos, k_pos, window)
+    v_full = np.repeat(v, q.shape[1] // v.shape[1], axis=1)  # [T, nH, D]
     return np.einsum("hst,thd->shd", p, v_full).astype(np.float32)
 
 

@@ -24,13 +24,13 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .attention import KVCache, attention
+from .attention import KVCache, attention, attention_probs
 from .chat import ChatTemplate, Response, parse_response
 from .checkpoint import Checkpoint
 from .compressed import QuantizationConfig
@@ -148,6 +148,27 @@ def _find_prefix(ckpt: Checkpoint) -> str:
     )
 
 
+# --- looking inside ---------------------------------------------------------------------------
+
+
+@dataclass
+class Trace:
+    """What one forward pass computed inside, layer by layer, for the book's pictures.
+
+    Filled by :meth:`Model.trace`. Lists are indexed by layer; entries a layer does not have
+    (no MoE, no PLE) are None.
+    """
+
+    ids: np.ndarray  # [S]
+    attention: list[np.ndarray] = field(default_factory=list)  # [nH, S, T] softmax weights
+    key_positions: list[np.ndarray] = field(default_factory=list)  # [T] position of each key
+    router: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = field(default_factory=list)
+    ple: list[np.ndarray | None] = field(default_factory=list)  # [S, H] the PLE residual update
+    residual: list[np.ndarray] = field(default_factory=list)  # [S, H] stream after each layer
+    per_layer_inputs: np.ndarray | None = None  # [S, L, P]
+    logits: np.ndarray | None = None  # [S, V]
+
+
 # --- layers ------------------------------------------------------------------------------------
 
 
@@ -214,6 +235,7 @@ class DecoderLayer:
         rope: tuple[np.ndarray, np.ndarray],
         cache: KVCache,
         shared: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+        trace: Trace | None = None,
     ) -> np.ndarray:
         """Self-attention.  # h [S, H] (normed), pos [S] -> [S, H]"""
         S, hd = h.shape[0], self.spec.head_dim
@@ -232,33 +254,43 @@ class DecoderLayer:
             # Later consumers of this layer type read the last producer's keys and values.
             shared[self.spec.layer_type] = (keys, values, k_pos)
         o = attention(q, keys, values, pos, k_pos, self.window)
+        if trace is not None:
+            trace.attention.append(attention_probs(q, keys, pos, k_pos, self.window))
+            trace.key_positions.append(k_pos)
         return self.o_proj(o.reshape(S, self.n_heads * hd))
 
-    def feed_forward(self, x: np.ndarray) -> np.ndarray:
+    def feed_forward(self, x: np.ndarray, trace: Trace | None = None) -> np.ndarray:
         """Dense MLP, plus the expert bank on MoE layers.  # [S, H] residual -> [S, H]"""
         h = self.mlp(rms_norm(x, self.pre_ff_norm, self.eps))
+        if trace is not None:
+            trace.router.append(None)
         if self.moe is not None:
             moe = self.moe
-            _, weights, index = route(
+            probs, weights, index = route(
                 x, moe.proj, moe.scale, moe.per_expert_scale, moe.top_k, self.eps
             )
+            if trace is not None:
+                trace.router[-1] = (probs, index, weights)
             e = moe.experts(rms_norm(x, moe.pre_norm, self.eps), weights, index)
             h = rms_norm(h, moe.post_norm_dense, self.eps) + rms_norm(
                 e, moe.post_norm_experts, self.eps
             )
         return rms_norm(h, self.post_ff_norm, self.eps)
 
-    def __call__(self, x, pos, rope, cache, shared, per_layer_input):
+    def __call__(self, x, pos, rope, cache, shared, per_layer_input, trace=None):
         """# x [S, H] -> [S, H]"""
-        x = x + rms_norm(
-            self.attend(rms_norm(x, self.input_norm, self.eps), pos, rope, cache, shared),
-            self.post_attn_norm,
-            self.eps,
-        )
-        x = x + self.feed_forward(x)
+        h = self.attend(rms_norm(x, self.input_norm, self.eps), pos, rope, cache, shared, trace)
+        x = x + rms_norm(h, self.post_attn_norm, self.eps)
+        x = x + self.feed_forward(x, trace)
+        ple = None
         if self.ple_gate is not None:
-            x = x + self.ple_gate(x, per_layer_input)
-        return x * self.layer_scalar
+            ple = self.ple_gate(x, per_layer_input)
+            x = x + ple
+        x = x * self.layer_scalar
+        if trace is not None:
+            trace.ple.append(ple)
+            trace.residual.append(x)
+        return x
 
 
 def _load_moe(p: str, cfg: TextConfig, w: _Weights) -> _MoE:
@@ -399,7 +431,9 @@ class Model:
 
     # -- the forward pass --
 
-    def _run(self, ids: np.ndarray, cache: KVCache, last_only: bool) -> np.ndarray:
+    def _run(
+        self, ids: np.ndarray, cache: KVCache, last_only: bool, trace: Trace | None = None
+    ) -> np.ndarray:
         """Run tokens through the decoder, appending to `cache`.
 
         With `last_only`, the KV-consumer layers (and the head) run on the last position
@@ -411,6 +445,8 @@ class Model:
         pos = np.arange(cache.length, cache.length + S, dtype=np.int64)
         x = widen(self.embed_table[ids], self.embed_dtype) * self.embed_scale
         per_layer = self.ple(ids, x) if self.ple is not None else None
+        if trace is not None:
+            trace.per_layer_inputs = per_layer
         ropes = {t: cos_sin(pos, f) for t, f in self._freqs.items()}
         shared: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for layer in self.layers:
@@ -419,7 +455,7 @@ class Model:
                 per_layer = per_layer[-1:] if per_layer is not None else None
                 ropes = {t: (c[-1:], s[-1:]) for t, (c, s) in ropes.items()}
             pli = per_layer[:, layer.spec.index] if per_layer is not None else None
-            x = layer(x, pos, ropes[layer.spec.layer_type], cache, shared, pli)
+            x = layer(x, pos, ropes[layer.spec.layer_type], cache, shared, pli, trace)
         cache.length += S
         if last_only:
             x = x[-1:]
@@ -442,6 +478,14 @@ class Model:
         """Logits for every position of a fresh prefill.  # [S] int -> [S, vocab] float32"""
         arr = self._check_ids(ids, 0)
         return self._run(arr, self.new_cache(), last_only=False)
+
+    def trace(self, ids: Sequence[int] | np.ndarray) -> Trace:
+        """A fresh prefill that also records attention maps, expert choices, PLE updates and
+        the residual stream of every layer (see :class:`Trace`)."""
+        arr = self._check_ids(ids, 0)
+        t = Trace(ids=arr)
+        t.logits = self._run(arr, self.new_cache(), last_only=False, trace=t)
+        return t
 
     # -- generation --
 
