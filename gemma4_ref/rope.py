@@ -22,7 +22,11 @@ from .config import RopeSpec
 
 
 def inv_freq(spec: RopeSpec, head_dim: int) -> np.ndarray:
-    """Inverse frequencies, computed in float32 the way transformers does.  # -> [head_dim/2]"""
+    """Inverse frequencies in float32, by transformers' formula.  # -> [head_dim/2]
+
+    A few values differ from torch's by 1-2 ulp: NumPy's and torch's float32 `pow` round
+    differently. That is far inside the parity tolerance.
+    """
     half = head_dim // 2
     if spec.rope_type == "proportional":
         n_rot = int(spec.partial_rotary_factor * head_dim // 2)
