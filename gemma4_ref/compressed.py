@@ -86,13 +86,25 @@ class QuantizationConfig:
         return cls(tuple(groups), tuple(q.get("ignore") or ()), source)
 
     def scheme_for(self, module: str, cls: str = "Linear") -> QuantArgs | None:
-        """The quantization of a module, or None if no group targets it or it is ignored."""
+        """The quantization of a module, or None if no group targets it or it is ignored.
+
+        As in compressed-tensors (`match_targets`), the most specific target wins, whatever
+        the order of the groups: an exact module name, then a `re:` pattern, then a class name.
+        """
         if any(_matches(module, cls, p) for p in self.ignore):
             return None
-        for g in self.groups:
-            if any(_matches(module, cls, t) for t in g.targets):
-                return g.args
+        for kind in ("name", "regex", "class"):
+            for g in self.groups:
+                for t in g.targets:
+                    if _target_kind(t, module) == kind and _matches(module, cls, t):
+                        return g.args
         return None
+
+
+def _target_kind(target: str, module: str) -> str:
+    if target.startswith("re:"):
+        return "regex"
+    return "name" if target == module else "class"
 
 
 def _weight_args(g: dict[str, Any], where: str) -> QuantArgs:

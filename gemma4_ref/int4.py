@@ -127,10 +127,11 @@ def quantize_ref(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Round-to-nearest quantization with compressed-tensors' min-max rule, per group.
 
-    Symmetric: `s = max|w| / ((2^b - 1) / 2)` (7.5 for int4), z = 0. Asymmetric:
-    `s = (max - min) / (2^b - 1)`, `z = round(q_min - min / s)`. Then
-    `q = clamp(round_half_even(w / s) + z, q_min, q_max)`. The scale is rounded to bf16 first,
-    as it is stored, and q is computed against the stored scale.
+    Following compressed-tensors 0.20 (`calculate_qparams`, `_quantize`): symmetric
+    `s = max|w| / ((2^b - 1) / 2)` (7.5 for int4) and z = 0; asymmetric, with the range widened
+    to include 0, `s = (max - min) / (2^b - 1)` and `z = round(q_min - min / s)` from the
+    unrounded s. A zero scale becomes float32's epsilon. The scale is stored in bf16, and
+    `q = clamp(round_half_even(w / s + z), q_min, q_max)` uses the stored scale.
     # w f32 [out, in] -> (q int8 [out, in], scale bf16 bits [out, G], zero int8 [out, G] | None)
     """
     out_f, in_f = w.shape
@@ -140,16 +141,19 @@ def quantize_ref(
         scale = np.abs(g).max(axis=2) / np.float32((q_max - q_min) / 2)
         zero = None
     else:
-        lo = np.minimum(g.min(axis=2), 0.0)
-        hi = np.maximum(g.max(axis=2), 0.0)
+        lo = np.minimum(g.min(axis=2), np.float32(0.0))
+        hi = np.maximum(g.max(axis=2), np.float32(0.0))
         scale = (hi - lo) / np.float32(q_max - q_min)
-    scale = np.where(scale == 0, np.float32(1.0), scale).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(scale > 0, np.float32(q_min) - lo / scale, np.float32(q_min))
+        zero = np.round(np.clip(z, q_min, q_max)).astype(np.int8)
+    scale = np.where(scale == 0, np.finfo(np.float32).eps, scale).astype(np.float32)
     scale_bits = f32_to_bf16(scale)
     s = bf16_to_f32(scale_bits)
-    if not symmetric:
-        zero = np.clip(np.round(q_min - lo / s), q_min, q_max).astype(np.int8)
-    z = 0 if zero is None else zero[:, :, None]
-    q = np.clip(np.round(g / s[:, :, None]) + z, q_min, q_max).astype(np.int8)
+    shifted = g / s[:, :, None]
+    if zero is not None:
+        shifted = shifted + zero[:, :, None].astype(np.float32)
+    q = np.clip(np.round(shifted), q_min, q_max).astype(np.int8)
     return q.reshape(out_f, in_f), scale_bits, zero
 
 

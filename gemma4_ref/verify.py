@@ -98,6 +98,14 @@ def _load_reference(folder: Path, raw: dict[str, Any], torch, transformers):
     model_type = _model_type(raw)
     text_cls_name, mm_cls_name = _CLASSES[model_type]
     common = {"dtype": torch.float32, "attn_implementation": "eager"}
+    q = raw.get("quantization_config")
+    if q is not None and q.get("quant_method") == "compressed-tensors":
+        # Decompress while loading, in the scale's dtype, as compressed-tensors defines it:
+        # bf16 scales give bf16(q*s). transformers' default path would decompress later in the
+        # model's fp32 and get the unrounded product instead.
+        common["quantization_config"] = transformers.CompressedTensorsConfig.from_dict(
+            {**q, "dequantize": True}
+        )
     if mm_cls_name is None:
         cls = getattr(transformers, text_cls_name)
         return cls.from_pretrained(folder, **common), text_cls_name
