@@ -8,6 +8,7 @@ Each measurement runs in a fresh subprocess so that peak resident memory (ru_max
 that run alone:
 
     python bench/big_checkpoint.py            # build if needed, then measure
+    python bench/big_checkpoint.py DIR        # measure another checkpoint (e.g. its w4a16 copy)
 """
 
 from __future__ import annotations
@@ -74,15 +75,16 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_call_s": t4 - t
 
 
 def main() -> None:
-    if not (CKPT / "config.json").is_file():
+    ckpt = Path(sys.argv[1]) if len(sys.argv) > 1 else CKPT
+    if ckpt == CKPT and not (CKPT / "config.json").is_file():
         build()
     t = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(CKPT)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", MEASURE, str(ckpt)], capture_output=True, text=True, check=True
     )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     gb = 1e9
-    print(f"checkpoint: {CKPT.name}, {r['file_bytes'] / gb:.2f} GB on disk")
+    print(f"checkpoint: {ckpt.name}, {r['file_bytes'] / gb:.2f} GB on disk")
     print(f"import {r['import_s']:.2f}s, load_model {r['load_s']:.2f}s")
     print(f"first generate (includes Numba compile/cache load) {r['first_call_s']:.2f}s")
     print(f"warm: 64-token prompt + 16 new tokens {r['warm_64_prompt_16_new_s']:.2f}s")
