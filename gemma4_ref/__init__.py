@@ -5,8 +5,17 @@
 >>> model.generate([2, 818, 5279], max_new_tokens=8, temperature=0.0)
 """
 
-from .errors import CheckpointError, ConfigError, Gemma4Error, InputError
-from .model import DEFAULT_MODEL, Model, load_model
+import os
+
+import numba
+
+# Numba's default OpenMP thread pool spins while it waits, and fights OpenBLAS's threads for
+# the cores: on a busy 2-core machine a prefill ran 10-20x slower than with the simple
+# `workqueue` pool. Chosen before any kernel runs; NUMBA_THREADING_LAYER still overrides it.
+numba.config.THREADING_LAYER = os.environ.get("NUMBA_THREADING_LAYER", "workqueue")
+
+from .errors import CheckpointError, ConfigError, Gemma4Error, InputError  # noqa: E402
+from .model import DEFAULT_MODEL, Model, load_model  # noqa: E402
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -162,6 +162,8 @@ class Trace:
     ids: np.ndarray  # [S]
     attention: list[np.ndarray] = field(default_factory=list)  # [nH, S, T] softmax weights
     key_positions: list[np.ndarray] = field(default_factory=list)  # [T] position of each key
+    # (probabilities [S, E], chosen experts [S, k], their weights [S, k]); note the order differs
+    # from `moe.route`'s return value (probs, weights, index)
     router: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = field(default_factory=list)
     ple: list[np.ndarray | None] = field(default_factory=list)  # [S, H] the PLE residual update
     residual: list[np.ndarray] = field(default_factory=list)  # [S, H] stream after each layer
