@@ -189,3 +189,120 @@ class Checkpoint:
         dtype = _DTYPES[info.dtype]
         count = info.nbytes // dtype.itemsize
         return np.frombuffer(mm, dtype=dtype, count=count, offset=info.offset).reshape(info.shape)
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+#: bytes the JSON header is padded to (with spaces), so that every tensor's data starts aligned
+#: in the file, as the reference `safetensors` writer does
+_HEADER_ALIGN = 8
+
+
+def _safetensors_header(
+    specs: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None
+) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """The 8-byte length plus padded JSON header for tensors laid out back to back in `specs`
+    order; also each tensor's (start, end) byte range relative to the start of the data."""
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    ranges: dict[str, tuple[int, int]] = {}
+    pos = 0
+    for name, tag, shape in specs:
+        if tag not in _DTYPES:
+            raise CheckpointError(f"tensor '{name}': unknown safetensors dtype tag {tag!r}.")
+        if name in ranges or name == "__metadata__":
+            raise CheckpointError(f"tensor '{name}' is listed twice (or is a reserved name).")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * _DTYPES[tag].itemsize
+        ranges[name] = (pos, pos + nbytes)
+        header[name] = {
+            "dtype": tag,
+            "shape": [int(s) for s in shape],
+            "data_offsets": [pos, pos + nbytes],
+        }
+        pos += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % _HEADER_ALIGN)
+    return struct.pack("<Q", len(text)) + text, ranges
+
+
+class SafetensorsWriter:
+    """Writes one safetensors file tensor by tensor, so that a file never has to sit in memory.
+
+    The tensors' names, dtype tags and shapes are declared up front (the header comes first in
+    the file and holds every byte offset); the data then follow in the same order through
+    :meth:`write`. Use it as a context manager: leaving the block checks that every declared
+    tensor was written.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        specs: list[tuple[str, str, tuple[int, ...]]],
+        metadata: dict[str, str] | None = None,
+    ):
+        self.path = Path(path)
+        self.specs = [(name, tag, tuple(int(s) for s in shape)) for name, tag, shape in specs]
+        head, self._ranges = _safetensors_header(self.specs, metadata)
+        self._next = 0
+        self._file = self.path.open("wb")
+        self._file.write(head)
+        self.nbytes = len(head)  # bytes written so far, header included
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        """Append the next declared tensor. bf16 is passed as its uint16 bits (tag "BF16")."""
+        if self._next >= len(self.specs):
+            raise CheckpointError(f"{self.path}: tensor '{name}' was not declared.")
+        want, tag, shape = self.specs[self._next]
+        if name != want:
+            raise CheckpointError(f"{self.path}: expected tensor '{want}' next, got '{name}'.")
+        dtype = _DTYPES[tag]
+        arr = np.asarray(array)
+        if arr.dtype != dtype or tuple(arr.shape) != shape:
+            raise CheckpointError(
+                f"{self.path}: tensor '{name}' is {arr.dtype} {list(arr.shape)}, but was declared "
+                f"{tag} {list(shape)} (stored as {dtype})."
+            )
+        # safetensors is little-endian; a contiguous copy is made only if the view is not.
+        arr = np.ascontiguousarray(arr, dtype=dtype.newbyteorder("<"))
+        self._file.write(arr.reshape(-1).view(np.uint8).data)
+        self.nbytes += arr.nbytes
+        self._next += 1
+
+    def close(self) -> None:
+        """Close the file; it is an error if some declared tensor was never written."""
+        if self._file.closed:
+            return
+        self._file.close()
+        if self._next != len(self.specs):
+            raise CheckpointError(
+                f"{self.path}: only {self._next} of {len(self.specs)} declared tensors were "
+                f"written (next: '{self.specs[self._next][0]}'); the file is incomplete."
+            )
+
+    def __enter__(self) -> SafetensorsWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # the error in flight is the one to report, not the incomplete file
+            self._file.close()
+
+
+def write_safetensors(
+    path: str | Path,
+    tensors: dict[str, tuple[str, np.ndarray]],
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Write a safetensors file from `{name: (dtype tag, array)}`; returns the file size.
+
+    The tag is the safetensors dtype ("BF16", "F16", "F32", "I32", "I64", ...); bf16 arrays are
+    their raw bits as uint16, as :class:`Checkpoint` reads them, so a bf16 tensor round-trips
+    bit for bit with no float conversion.
+    """
+    specs = [(name, tag, tuple(arr.shape)) for name, (tag, arr) in tensors.items()]
+    with SafetensorsWriter(path, specs, metadata) as w:
+        for name, (_tag, arr) in tensors.items():
+            w.write(name, arr)
+    return w.nbytes

@@ -1,8 +1,9 @@
-"""The `gemma4-ref` command: generate, chat and verify.
+"""The `gemma4-ref` command: generate, chat, verify and quantize.
 
     gemma4-ref generate --prompt "Once upon a time" --max-new-tokens 40
     gemma4-ref chat --think
     gemma4-ref verify --model path/to/checkpoint
+    gemma4-ref quantize --model path/to/checkpoint --out path/to/checkpoint-w4a16
 
 `--model` defaults to the embedded model in `data/`. Text streams to stdout as it is made;
 progress and timings go to stderr, so stdout stays clean for pipes.
@@ -164,6 +165,44 @@ def cmd_verify(a: argparse.Namespace) -> int:
     )
 
 
+def cmd_quantize(a: argparse.Namespace) -> int:
+    """Quantize a checkpoint, then compare the result with its source on held-out text."""
+    from pathlib import Path
+
+    from .model import DEFAULT_MODEL, load_model
+    from .perplexity import encode_corpus, windows
+    from .quantize import compare_models, quantize_checkpoint
+
+    src = Path(a.model) if a.model else DEFAULT_MODEL
+    _log(f"quantizing {src} -> {a.out} ...")
+    report = quantize_checkpoint(
+        src, Path(a.out), group_size=a.group_size, bits=a.bits, symmetric=not a.asymmetric
+    )
+    print(report.table())
+    text_path = (
+        Path(a.eval_text) if a.eval_text else DEFAULT_MODEL.parent / "corpus" / "heldout.txt"
+    )
+    if a.eval_windows <= 0:
+        return 0
+    if not text_path.is_file():
+        if a.eval_text:
+            raise InputError(f"--eval-text {text_path} is not a file.")
+        _log(f"{text_path} is absent: the comparison with the source model is skipped")
+        return 0
+    source, quantized = load_model(src), load_model(a.out)
+    tok = quantized._need_tokenizer()
+    batch = windows(encode_corpus(tok, text_path.read_text()), a.eval_seq, a.eval_windows)
+    if len(batch) == 0:
+        raise InputError(f"{text_path} is shorter than one {a.eval_seq}-token window.")
+    _log(f"comparing on {len(batch)} windows of {a.eval_seq} tokens of {text_path} ...")
+
+    def progress(i: int, n: int) -> None:
+        print(f"\r  window {i}/{n}", end="\n" if i == n else "", file=sys.stderr, flush=True)
+
+    print(compare_models(source, quantized, batch, progress).summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gemma4-ref", description="Run and verify Gemma 4 checkpoints on a CPU."
@@ -192,6 +231,25 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--prompt-len", type=int, default=0, help="length of the random prompt")
     v.add_argument("--max-new-tokens", type=int, default=32)
     v.set_defaults(func=cmd_verify)
+
+    q = sub.add_parser(
+        "quantize",
+        help="write a packed int4/int8 (compressed-tensors pack-quantized) copy of a checkpoint",
+    )
+    q.add_argument("--model", help="source checkpoint folder (default: the embedded model)")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument(
+        "--group-size", type=int, default=32, help="inputs per scale (0: one scale per row)"
+    )
+    q.add_argument("--bits", type=int, default=4, choices=(4, 8))
+    q.add_argument("--asymmetric", action="store_true", help="min-max scales with zero points")
+    q.add_argument(
+        "--eval-text",
+        help="text to compare the two models on (default: data/corpus/heldout.txt)",
+    )
+    q.add_argument("--eval-windows", type=int, default=8, help="token windows compared (0: skip)")
+    q.add_argument("--eval-seq", type=int, default=256, help="tokens per window")
+    q.set_defaults(func=cmd_quantize)
     return p
 
 

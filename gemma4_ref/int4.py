@@ -13,8 +13,10 @@ Google's QAT checkpoints `gemma-4-*-it-qat-w4a16-ct` store each linear weight W 
 * `weight_shape`, int64 [2]: the unpacked shape.
 
 The weight is `W[r, c] = (q[r, c] - z[r, g]) * s[r, g]` with g = c // group, computed in the
-**scale's dtype** -- so with bf16 scales each weight is `bf16(q * s)`, a rounded product, and
-matching transformers means rounding the same way.
+**scale's dtype** -- so with bf16 scales each weight is `bf16(q * s)`, a rounded product.
+transformers gives exactly these weights when it decompresses at load time
+(`CompressedTensorsConfig(dequantize=True)`, or a bf16 model); its default fp32 load keeps the
+scales in fp32 and multiplies later, without the rounding, which moves logits by about 1e-3.
 
 For int4 the bit layout reduces to bytes: byte k of a row holds element 2k in its low nibble
 and element 2k + 1 in its high nibble (on a little-endian machine). Weights stay packed in memory
