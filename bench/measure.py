@@ -1,0 +1,269 @@
+"""One measurement, run in a fresh process; prints one JSON line. Started by run.py.
+
+    python bench/measure.py ours DIR --what prefill --tokens 128 --reps 3
+    python bench/measure.py ours DIR --what decode --tokens 64
+    python bench/measure.py ours DIR --what compile
+    python bench/measure.py transformers DIR --prefill 128,512 --decode 64 --reps 3
+    python bench/measure.py bandwidth
+
+A fresh process per measurement keeps its peak memory its own. The figure is `VmHWM` from
+/proc/self/status (the peak resident set of this process image). `ru_maxrss` is reported too,
+but on Linux it survives exec() and so also covers whatever the parent held when it forked.
+
+Timing: the first call of a process is reported apart (it loads Numba's cache or compiles, and
+pages in the memory-mapped weights); the warm figure is the median of the later runs. Prefill
+runs the prompt through a fresh KV cache and computes the logits of the last position only (as
+generation does, and as llama-bench and transformers' generate do). Decode starts from a
+one-token context (BOS) and times `tokens` single-token steps with greedy argmax.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import time
+
+PROMPT_SEED = 1234
+
+
+def major_faults() -> int:
+    """Page faults that had to read from disk so far: weights not in the page cache."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+
+
+def peak_memory() -> dict[str, int]:
+    """Peak resident bytes of this process image (VmHWM) and ru_maxrss, in bytes."""
+    hwm = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+    return {
+        "peak_rss": hwm,
+        "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def prompt_ids(n: int, vocab: int) -> list[int]:
+    """BOS then n-1 pseudo-random ids (fixed seed), the same for every engine."""
+    import random
+
+    rng = random.Random(PROMPT_SEED)
+    hi = min(vocab, 262_144) - 1
+    return [2] + [rng.randint(1000, hi) for _ in range(n - 1)]
+
+
+def _clock(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# --- this project ------------------------------------------------------------------------------
+
+
+def ours(args: argparse.Namespace) -> dict:
+    t0 = time.perf_counter()
+    import numba
+    import numpy as np
+
+    import gemma4_ref
+
+    t1 = time.perf_counter()
+    model = gemma4_ref.load_model(args.model)
+    t2 = time.perf_counter()
+    out: dict = {
+        "import_s": t1 - t0,
+        "load_s": t2 - t1,
+        "threads": numba.get_num_threads(),
+    }
+    vocab = model.config.vocab_size
+
+    def prefill(ids):
+        return model.step(ids, model.new_cache())
+
+    def decode_steps(n: int) -> tuple[float, list[float]]:
+        """(time of the one-token prompt, times of n single-token steps after it)"""
+        cache = model.new_cache()
+        t = time.perf_counter()
+        logits = model.step([2], cache)
+        first = time.perf_counter() - t
+        times = []
+        for _ in range(n):
+            token = int(np.argmax(logits[-1]))
+            t = time.perf_counter()
+            logits = model.step([token], cache)
+            times.append(time.perf_counter() - t)
+        return first, times
+
+    if args.what == "prefill":
+        ids = prompt_ids(args.tokens, vocab)
+        out["first_s"] = _clock(lambda: prefill(ids))
+        faults = major_faults()
+        warm = [_clock(lambda: prefill(ids)) for _ in range(args.reps)]
+        out["warm_major_faults"] = major_faults() - faults
+        out["warm_s"] = warm
+        out["tok_s"] = args.tokens / statistics.median(warm)
+    elif args.what == "decode":
+        # the first one-token call loads Numba's cache and pages in the weights
+        out["first_s"], _ = decode_steps(3)
+        faults = major_faults()
+        _, times = decode_steps(args.tokens)
+        out["warm_major_faults"] = major_faults() - faults
+        out["step_s"] = times
+        out["tok_s"] = len(times) / sum(times)
+        out["median_step_s"] = statistics.median(times)
+    elif args.what == "compile":
+        # run with an empty NUMBA_CACHE_DIR: the first calls compile every kernel they meet
+        ids = prompt_ids(128, vocab)
+        out["prefill_first_s"] = _clock(lambda: prefill(ids))
+        out["prefill_warm_s"] = _clock(lambda: prefill(ids))
+        out["decode_first_s"], steps = decode_steps(3)
+        out["decode_warm_s"] = statistics.median(steps)
+    out.update(peak_memory())
+    return out
+
+
+# --- transformers -----------------------------------------------------------------------------
+
+
+def hf(args: argparse.Namespace) -> dict:
+    t0 = time.perf_counter()
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(args.threads)
+    t1 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16)
+    model.eval()
+    t2 = time.perf_counter()
+    out: dict = {
+        "import_s": t1 - t0,
+        "load_s": t2 - t1,
+        "threads": torch.get_num_threads(),
+        "attn_implementation": model.config._attn_implementation,
+        "version": transformers.__version__,
+        "torch": torch.__version__,
+        "prefill": {},
+    }
+    vocab = model.config.vocab_size
+
+    @torch.inference_mode()
+    def prefill(ids):
+        x = torch.tensor([ids])
+        return model(input_ids=x, use_cache=True, logits_to_keep=1)
+
+    @torch.inference_mode()
+    def decode_steps(n: int) -> list[float]:
+        r = model(input_ids=torch.tensor([[2]]), use_cache=True, logits_to_keep=1)
+        cache, logits = r.past_key_values, r.logits
+        times = []
+        for _ in range(n):
+            token = int(logits[0, -1].argmax())
+            t = time.perf_counter()
+            r = model(
+                input_ids=torch.tensor([[token]]),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            times.append(time.perf_counter() - t)
+            cache, logits = r.past_key_values, r.logits
+        return times
+
+    for n in args.prefill:
+        ids = prompt_ids(n, vocab)
+        first = _clock(lambda ids=ids: prefill(ids))
+        warm = [_clock(lambda ids=ids: prefill(ids)) for _ in range(args.reps)]
+        out["prefill"][str(n)] = {
+            "first_s": first,
+            "warm_s": warm,
+            "tok_s": n / statistics.median(warm),
+        }
+    if args.decode:
+        out["decode_first_step_s"] = decode_steps(4)[0]
+        times = decode_steps(args.decode)
+        out["decode"] = {
+            "step_s": times,
+            "tok_s": len(times) / sum(times),
+            "median_step_s": statistics.median(times),
+        }
+    out.update(peak_memory())
+    return out
+
+
+# --- memory bandwidth -------------------------------------------------------------------------
+
+
+def bandwidth(args: argparse.Namespace) -> dict:
+    """Read bandwidth with all threads: a Numba prange sum and a NumPy/BLAS sgemv.
+
+    Both stream a float32 array of `gb` GB (far beyond the cache) and keep the best of `reps`
+    passes. `a.sum()` is not used: it is compute-bound below the memory speed.
+    """
+    import numba
+    import numpy as np
+    from numba import njit, prange
+
+    @njit(parallel=True, fastmath=True)
+    def psum(a):
+        n_blocks = 1024
+        size = a.size // n_blocks
+        parts = np.zeros(n_blocks, np.float32)
+        for b in prange(n_blocks):
+            block = a[b * size : (b + 1) * size]
+            s = np.float32(0.0)
+            for i in range(block.size):
+                s += block[i]
+            parts[b] = s
+        return parts.sum()
+
+    n = int(args.gb * 1e9) // 4
+    cols = 4096
+    rows = n // cols
+    a = np.ones((rows, cols), np.float32)  # touching every page now, not inside the timing
+    flat = a.reshape(-1)
+    x = np.ones(cols, np.float32)
+    psum(flat[: 1 << 20])  # compile
+    nbytes = a.nbytes
+    t_sum = min(_clock(lambda: psum(flat)) for _ in range(args.reps))
+    t_gemv = min(_clock(lambda: a @ x) for _ in range(args.reps))
+    return {
+        "array_bytes": nbytes,
+        "threads": numba.get_num_threads(),
+        "numba_prange_sum_gbs": nbytes / t_sum / 1e9,
+        "numpy_sgemv_gbs": nbytes / t_gemv / 1e9,
+        "gbs": max(nbytes / t_sum, nbytes / t_gemv) / 1e9,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="engine", required=True)
+    o = sub.add_parser("ours")
+    o.add_argument("model")
+    o.add_argument("--what", choices=("prefill", "decode", "compile"), required=True)
+    o.add_argument("--tokens", type=int, default=128)
+    o.add_argument("--reps", type=int, default=3)
+    o.set_defaults(func=ours)
+    t = sub.add_parser("transformers")
+    t.add_argument("model")
+    t.add_argument("--prefill", type=lambda s: [int(v) for v in s.split(",") if v], default=[])
+    t.add_argument("--decode", type=int, default=0)
+    t.add_argument("--reps", type=int, default=3)
+    t.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    t.set_defaults(func=hf)
+    b = sub.add_parser("bandwidth")
+    b.add_argument("--gb", type=float, default=2.0)
+    b.add_argument("--reps", type=int, default=5)
+    b.set_defaults(func=bandwidth)
+    args = p.parse_args()
+    print(json.dumps(args.func(args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
