@@ -161,6 +161,17 @@ class Checkpoint:
                     "does not hold it. The index and shards are from different downloads."
                 )
 
+    def text_prefix(self) -> str:
+        """Where the text decoder's tensors start: `model.` in a text-only checkpoint,
+        `model.language_model.` in a multimodal one."""
+        for prefix in ("model.language_model.", "model."):
+            if prefix + "embed_tokens.weight" in self.tensors:
+                return prefix
+        raise CheckpointError(
+            f"{self.folder}: no embedding table found (looked for 'model.embed_tokens.weight' "
+            "and 'model.language_model.embed_tokens.weight'). Is this a Gemma 4 checkpoint?"
+        )
+
     def __contains__(self, name: str) -> bool:
         return name in self.tensors
 

@@ -137,17 +137,6 @@ class _Weights:
         return np.ascontiguousarray(widen(arr, tag))
 
 
-def _find_prefix(ckpt: Checkpoint) -> str:
-    """Text-only checkpoints use `model.`, multimodal ones `model.language_model.`."""
-    for prefix in ("model.language_model.", "model."):
-        if prefix + "embed_tokens.weight" in ckpt:
-            return prefix
-    raise CheckpointError(
-        f"{ckpt.folder}: no embedding table found (looked for 'model.embed_tokens.weight' and "
-        "'model.language_model.embed_tokens.weight'). Is this a Gemma 4 checkpoint?"
-    )
-
-
 # --- looking inside ---------------------------------------------------------------------------
 
 
@@ -345,7 +334,7 @@ class Model:
 
         ckpt = Checkpoint(path)
         self.checkpoint = ckpt
-        w = _Weights(ckpt, _find_prefix(ckpt), quant)
+        w = _Weights(ckpt, ckpt.text_prefix(), quant)
         for name in ("embed_tokens", "embed_tokens_per_layer"):
             if w.has(name + ".weight_packed"):
                 raise ConfigError(

@@ -50,7 +50,7 @@ from .checkpoint import (
     TensorInfo,
 )
 from .config import load_json, load_text_config
-from .errors import CheckpointError, InputError
+from .errors import InputError
 from .int4 import dequantize_ref, pack_ref, quantize_ref
 from .linear import bf16_to_f32, widen
 
@@ -197,17 +197,6 @@ class _Item:
         )
 
 
-def _text_prefix(ckpt: Checkpoint) -> str:
-    """Text-only checkpoints use `model.`, multimodal ones `model.language_model.`."""
-    for prefix in ("model.language_model.", "model."):
-        if prefix + "embed_tokens.weight" in ckpt:
-            return prefix
-    raise CheckpointError(
-        f"{ckpt.folder}: no embedding table found (looked for 'model.embed_tokens.weight' and "
-        "'model.language_model.embed_tokens.weight'). Is this a Gemma 4 checkpoint?"
-    )
-
-
 def _text_linear(rel: str) -> str | None:
     """The decoder-relative module name if `rel` (a tensor name) is a text Linear's weight."""
     if not rel.endswith(".weight"):
@@ -224,7 +213,7 @@ def _plan(
     """Decide, tensor by tensor in file order, what is quantized; returns the items and the
     Linear modules that stay dense (with the reason)."""
     cfg, _raw = load_text_config(folder)
-    prefix = _text_prefix(ckpt)
+    prefix = ckpt.text_prefix()
     shared = {s.index for s in cfg.layers if s.shares_kv}
     items: list[_Item] = []
     dense: dict[str, str] = {}
@@ -438,7 +427,7 @@ def quantize_checkpoint(
         )
     ckpt = Checkpoint(src)
     items, dense = _plan(ckpt, src, bits, group_size, symmetric)
-    prefix = _text_prefix(ckpt)
+    prefix = ckpt.text_prefix()
 
     sharded = len(ckpt.files) > 1 or (src / INDEX_NAME).is_file()
     limit = None
