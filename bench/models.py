@@ -175,7 +175,7 @@ MODELS: dict[str, BenchModel] = {
     ),
 }
 
-FULL_RUN = ["e2b", "e4b-12L", "26b-a4b-6L", "31b-6L"]
+FULL_RUN = ["e2b", "e4b-12L", "31b-6L", "26b-a4b-6L"]
 QUICK_RUN = ["e2b-10L"]
 
 
