@@ -78,6 +78,31 @@ class BenchModel:
     def folder(self, fmt: str) -> Path:
         return CKPT_ROOT / f"{self.name}-{fmt}"
 
+    @property
+    def bf16_bytes(self) -> int:
+        """About how large the bf16 checkpoint is (to check the disk before building)."""
+        c = self.config
+        H, V, L, nH = (
+            c["hidden_size"],
+            c["vocab_size"],
+            c["num_hidden_layers"],
+            c["num_attention_heads"],
+        )
+        P = c.get("hidden_size_per_layer_input") or 0
+        n = V * H + (V * L * P + 2 * L * P * H if P else 0)
+        first_shared = L - (c.get("num_kv_shared_layers") or 0)
+        for i, kind in enumerate(c["layer_types"]):
+            hd = c["global_head_dim"] if kind == F else c["head_dim"]
+            kv = c.get("num_global_key_value_heads") or c["num_key_value_heads"]
+            kv = kv if kind == F else c["num_key_value_heads"]
+            inter = c["intermediate_size"] * (
+                2 if c.get("use_double_wide_mlp") and i >= first_shared else 1
+            )
+            n += 2 * H * nH * hd + 2 * H * kv * hd + 3 * H * inter
+            if c.get("enable_moe_block"):
+                n += c["num_experts"] * (3 * H * c["moe_intermediate_size"] + H)
+        return 2 * n
+
     def done(self, fmt: str) -> bool:
         """Is the checkpoint there, complete, and made from this config?"""
         stamp = self.folder(fmt) / SPEC_FILE

@@ -271,6 +271,23 @@ def tables(data: dict, names: list[str]) -> str:
     return "\n".join(out)
 
 
+def update_readme(readme: Path, tables_text: str, results: Path, data: dict) -> None:
+    """Replace the text between the README's results markers with these tables."""
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no {start} ... {end} markers")
+    stamp = data.get("updated", "?")
+    body = (
+        f"{start}\n\nFrom `{results.relative_to(readme.parent)}` ({stamp}); "
+        f"plot: `{results.with_suffix('.png').relative_to(readme.parent)}`.\n\n"
+        f"![speed]({results.with_suffix('.png').relative_to(readme.parent)})\n\n"
+        f"{tables_text}\n\n{end}"
+    )
+    head, rest = text.split(start, 1)
+    readme.write_text(head + body + rest.split(end, 1)[1])
+
+
 # --- the plot ----------------------------------------------------------------------------------
 
 
@@ -290,12 +307,13 @@ def plot(data: dict, names: list[str], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     bw = (data.get("bandwidth") or {}).get("gbs", 0) * GB or None
     names = [n for n in names if n in data.get("models", {})]
     if not names:
         return
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), sharey=False)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.2), sharey=False)
     width = 0.8 / len(ENGINES)
     for ax, (phase, title) in zip(
         axes,
@@ -318,24 +336,33 @@ def plot(data: dict, names: list[str], path: Path) -> None:
                     roofs.append((x, s["roofline"]))
             if ys:
                 ax.bar(xs, ys, width, label=eng, color=COLORS[eng], edgecolor="black", lw=0.4)
+                for x, y in zip(xs, ys, strict=True):
+                    label = f"{y:.1f}" if y >= 10 else f"{y:.2f}"
+                    ax.text(x, y * 1.03, label, ha="center", va="bottom", fontsize=6, rotation=90)
             for x, r in roofs:
                 ax.hlines(r, x - width / 2, x + width / 2, color="black", linewidth=1.6)
         ax.set_xlim(-0.5, len(names) - 0.5)
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi * 1.4)  # room for the value labels
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels([data["models"][n]["label"] for n in names], fontsize=8)
         ax.set_title(title)
         ax.set_ylabel("tokens / s (log scale)")
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0].plot([], [], color="black", linewidth=1.6, label="roofline (bandwidth / bytes)")
-    axes[0].legend(fontsize=7, loc="best")
+    axes[0].plot([], [], color="black", linewidth=1.6, label="decode roofline (bandwidth / bytes)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     mach = data.get("machine", {})
     fig.suptitle(
         f"Gemma 4 on {mach.get('cpu', '?')}, {mach.get('cores', '?')} cores "
         f"(read bandwidth {_f(bw and bw / GB)} GB/s); random weights, real shapes",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)

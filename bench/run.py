@@ -243,12 +243,24 @@ def fresh(entry: dict | None, key: str, redo: bool) -> bool:
 
 # --- the steps ------------------------------------------------------------------------------------
 
+DISK_MARGIN = 5_000_000_000  # never fill the disk: other work shares it
+
+
+def check_disk(need: float, what: str) -> None:
+    free = shutil.disk_usage(HERE).free
+    if free < need + DISK_MARGIN:
+        raise ChildError(
+            f"not enough disk for {what}: about {need / 1e9:.1f} GB needed (+ "
+            f"{DISK_MARGIN / 1e9:.0f} GB kept free), {free / 1e9:.1f} GB free"
+        )
+
 
 def ensure_checkpoint(m: models.BenchModel, fmt: str) -> None:
     if m.done(fmt):
         return
     if fmt == "w4a16":
         ensure_checkpoint(m, "bf16")
+    check_disk(m.bf16_bytes, m.folder(fmt).name)
     step = "build" if fmt == "bf16" else "quantize"
     what = "random bf16 checkpoint (transformers)" if fmt == "bf16" else "w4a16 (our quantizer)"
     say(f"{m.label}: building the {what} -> {m.folder(fmt)}")
@@ -375,6 +387,8 @@ def run_llama(m, entry, args) -> None:
             say("llama.cpp: building llama-bench and llama-quantize (once; about 6-7 minutes) ...")
         llamacpp.build()
         ensure_checkpoint(m, "bf16")
+        if not base.is_file():
+            check_disk(m.bf16_bytes, base.name)
         llamacpp.convert(m.folder("bf16"), base)
     except (ChildError, RuntimeError) as e:
         say(f"  ! {e}")
@@ -386,6 +400,8 @@ def run_llama(m, entry, args) -> None:
         path = base if q == "BF16" else gdir / f"{m.name}-{q}.gguf"
         try:
             if q != "BF16":
+                if not path.is_file():
+                    check_disk(m.bf16_bytes * (0.55 if q == "Q8_0" else 0.3), path.name)
                 llamacpp.quantize(base, path, q)
             bpt = child(
                 [sys.executable, str(HERE / "roofline.py"), str(path), str(m.folder("bf16"))],
@@ -414,22 +430,32 @@ def run_llama(m, entry, args) -> None:
         shutil.rmtree(gdir, ignore_errors=True)  # the numbers are kept; the files are large
 
 
-def run_model(m: models.BenchModel, args, src: str) -> None:
-    entry = res.model(m)
-    say(f"=== {m.label}: {m.depth_note} ===")
-    if not args.skip_ours:
-        run_ours(m, entry, args, src)
-    if not args.skip_transformers:
-        run_transformers(m, entry, args)
-    if not args.skip_llama:
-        run_llama(m, entry, args)
-    for fmt in OUR_FORMATS:  # roofline inputs, from the safetensors headers
+def record_bytes(m: models.BenchModel, entry: dict) -> None:
+    """Roofline inputs, from the safetensors headers of the checkpoints present."""
+    for fmt in OUR_FORMATS:
         if m.done(fmt):
             bpt = roofline.hf_bytes_per_token(m.folder(fmt))
             entry.setdefault("bytes_per_token", {})[fmt] = bpt
             entry.setdefault("file_bytes", {})[fmt] = roofline.folder_bytes(m.folder(fmt))
     res.save()
-    if m.name in args.prune or "all" in args.prune:
+
+
+def run_model(m: models.BenchModel, args, src: str) -> None:
+    entry = res.model(m)
+    say(f"=== {m.label}: {m.depth_note} ===")
+    prune = m.name in args.prune or "all" in args.prune
+    if not args.skip_ours:
+        run_ours(m, entry, args, src)
+        if prune and m.done("w4a16"):  # only this project reads it: free the disk early
+            record_bytes(m, entry)
+            say(f"pruning {m.folder('w4a16')} (its numbers are saved)")
+            shutil.rmtree(m.folder("w4a16"), ignore_errors=True)
+    if not args.skip_transformers:
+        run_transformers(m, entry, args)
+    if not args.skip_llama:
+        run_llama(m, entry, args)
+    record_bytes(m, entry)
+    if prune:
         for fmt in OUR_FORMATS:
             say(f"pruning {m.folder(fmt)} (its numbers are saved)")
             shutil.rmtree(m.folder(fmt), ignore_errors=True)
@@ -471,6 +497,11 @@ def main() -> None:
         "--quiet-limit", type=float, default=0.25, help="CPU busy fraction counted as quiet"
     )
     p.add_argument("--report-only", action="store_true", help="print and plot the saved numbers")
+    p.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="write the tables into bench/README.md (between its results markers)",
+    )
     args = p.parse_args()
     names = args.models.split(",") if args.models else None
     names = names or (models.QUICK_RUN if args.quick else models.FULL_RUN)
@@ -498,8 +529,12 @@ def main() -> None:
         measure_bandwidth(res, args.threads, bandwidths)
         res.data["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
         res.save()
+    text = report.tables(res.data, names)
     print()
-    print(report.tables(res.data, names))
+    print(text)
+    if args.update_readme:
+        report.update_readme(HERE / "README.md", text, res.path, res.data)
+        say("bench/README.md: results section updated")
     png = res.path.with_suffix(".png")
     try:
         report.plot(res.data, names, png)
