@@ -8,8 +8,9 @@ supports Gemma 4). Everything lands under `bench/_llama/` (git-ignored) and is b
     _llama/build/bin/                       llama-bench, llama-quantize
     _llama/gguf/<model>/                    converted and quantized GGUF files
 
-The build pins the instruction sets instead of `-march=native`: this CPU advertises AMX, but
-the VM kills AMX instructions with SIGILL, so a native build crashes on quantized models.
+The build pins the instruction sets this CPU advertises instead of `-march=native`: one host
+kind here advertises AMX, but its VM kills AMX instructions with SIGILL, so a native build
+crashes on quantized models there.
 
 Run alone, `python bench/llamacpp.py` only builds.
 """
@@ -34,23 +35,39 @@ BIN = BUILD / "bin"
 GGUF_DIR = ROOT / "gguf"
 TARGETS = ("llama-bench", "llama-quantize")
 
-#: machine-facts.md: explicit AVX2/AVX-512 options, no native detection, AMX off
-CMAKE_FLAGS = [
-    "-DGGML_NATIVE=OFF",
-    "-DGGML_AVX=ON",
-    "-DGGML_AVX2=ON",
-    "-DGGML_FMA=ON",
-    "-DGGML_F16C=ON",
-    "-DGGML_BMI2=ON",
-    "-DGGML_AVX512=ON",
-    "-DGGML_AVX512_VBMI=ON",
-    "-DGGML_AVX512_VNNI=ON",
-    "-DGGML_AVX512_BF16=ON",
-    "-DGGML_AVX_VNNI=ON",
-    "-DGGML_AMX_TILE=OFF",
-    "-DGGML_AMX_INT8=OFF",
-    "-DGGML_AMX_BF16=OFF",
-]
+#: llama.cpp's instruction-set options and the /proc/cpuinfo flag each one needs. They are set
+#: from what this CPU advertises instead of `GGML_NATIVE` (machine-facts.md): one host kind
+#: advertises AMX but its VM kills AMX instructions with SIGILL, so AMX stays off everywhere.
+ISA_OPTIONS = {
+    "AVX": "avx",
+    "AVX2": "avx2",
+    "FMA": "fma",
+    "F16C": "f16c",
+    "BMI2": "bmi2",
+    "AVX512": "avx512f",
+    "AVX512_VBMI": "avx512vbmi",
+    "AVX512_VNNI": "avx512_vnni",
+    "AVX512_BF16": "avx512_bf16",
+    "AVX_VNNI": "avx_vnni",
+}
+
+
+def cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cmake_flags() -> list[str]:
+    """Pinned instruction sets for this CPU (no native detection), AMX off."""
+    flags = cpu_flags()
+    out = ["-DGGML_NATIVE=OFF"]
+    out += [f"-DGGML_{opt}={'ON' if need in flags else 'OFF'}" for opt, need in ISA_OPTIONS.items()]
+    return out + ["-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
+
+
 #: only what the benchmark needs: no tests, examples, server or HTTPS
 CMAKE_EXTRA = [
     "-DCMAKE_BUILD_TYPE=Release",
@@ -119,9 +136,9 @@ def build() -> Path:
     if all((BIN / t).is_file() for t in TARGETS):
         return BIN
     fetch_source()
-    say("configuring (cmake; AVX2/AVX-512 pinned, AMX off) ...")
+    say(f"configuring (cmake; {' '.join(cmake_flags()[1:])}) ...")
     _run(
-        ["cmake", "-S", str(SRC), "-B", str(BUILD), "-G", "Ninja", *CMAKE_FLAGS, *CMAKE_EXTRA],
+        ["cmake", "-S", str(SRC), "-B", str(BUILD), "-G", "Ninja", *cmake_flags(), *CMAKE_EXTRA],
         ROOT / "cmake.log",
     )
     say(f"building {', '.join(TARGETS)} (several minutes; log in {ROOT / 'build.log'}) ...")

@@ -19,6 +19,9 @@ from numba.extending import intrinsic
 
 # Rows widened per BLAS call in the prefill path: about 16 MB of float32 at a time.
 _TILE_FLOATS = 4 * 1024 * 1024
+#: Matrices with fewer weights than this run their matvec on one core (dev bench:
+#: bench/kernels/matvec_bf16.py; a 256 x 1536 bf16 matvec is twice as fast serial).
+SERIAL_BELOW = 1 << 20
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -82,20 +85,45 @@ def f32_to_bits(typingctx, value):
 
 # `reassoc` lets LLVM split the dot product over SIMD lanes; the sum then runs in another order
 # than NumPy's, which `tests/test_kernels.py` bounds at a relative 1e-5.
-@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
-def matvec_bf16(w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
-    """out = W x for bf16 W.  # [out, in] u16, [in] f32 -> [out] f32
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def matvec_bf16_rows(w, x, out, lo, hi, cap):
+    """out[lo:hi] = W[lo:hi] x for bf16 W, on one core.  # [out, in] u16, [in] f32 -> [out] f32
 
-    One pass over each row: widen (a shift and a bit-cast) and multiply-add. The rows are
-    split over the cores; the weights stream from memory once, which is all decode can ask.
+    One pass over each row: widen (a shift and a bit-cast) and multiply-add. With `cap` > 0
+    the result is soft-capped, `cap * tanh(y / cap)`, while it is still in a register: that is
+    the fused head (Gemma 4 caps its final logits at 30).
     """
-    n_out, n_in = w.shape
-    for o in prange(n_out):
-        row = w[o]
+    for o in range(lo, hi):
+        row = w[o]  # a whole row as one slice: Numba vectorises fixed-extent loops best
         acc = np.float32(0.0)
-        for i in range(n_in):
+        for i in range(row.shape[0]):
             acc += bits_to_f32(np.uint32(row[i]) << 16) * x[i]
-        out[o] = acc
+        out[o] = cap * np.tanh(acc / cap) if cap > 0 else acc
+
+
+@njit(parallel=True, cache=True)
+def matvec_bf16_parallel(w, x, out, chunks, cap):
+    """matvec_bf16_rows over `chunks` contiguous blocks of rows, spread over the cores."""
+    n_out = w.shape[0]
+    step = -(-n_out // chunks)
+    for c in prange(chunks):
+        matvec_bf16_rows(w, x, out, c * step, min(n_out, (c + 1) * step), cap)
+
+
+def matvec_bf16(w: np.ndarray, x: np.ndarray, cap: float = 0.0) -> np.ndarray:
+    """y = W x for bf16 W, optionally soft-capped.  # [out, in] u16, [in] f32 -> [out] f32
+
+    Decode streams each weight from memory once, so one core cannot keep up (it reads about
+    half the machine's bandwidth): large matrices are split into contiguous blocks of rows,
+    two per thread. Small ones (under `SERIAL_BELOW` weights, e.g. PLE's 256 x 1536 gates)
+    stay on one core, where waking the thread pool would cost more than it saves.
+    """
+    out = np.empty(w.shape[0], np.float32)
+    if w.size < SERIAL_BELOW:
+        matvec_bf16_rows(w, x, out, 0, w.shape[0], np.float32(cap))
+    else:
+        matvec_bf16_parallel(w, x, out, 2 * numba.get_num_threads(), np.float32(cap))
+    return out
 
 
 @njit(parallel=True, cache=True)
@@ -149,16 +177,15 @@ class Linear:
     def nbytes(self) -> int:
         return self.weight.nbytes
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """y = x W^T.  # [S, in] f32 -> [S, out] f32"""
+    def __call__(self, x: np.ndarray, cap: float = 0.0) -> np.ndarray:
+        """y = x W^T, then `cap * tanh(y / cap)` if `cap` > 0.  # [S, in] f32 -> [S, out] f32"""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if self.dtype == "f32":
-            return x @ self.weight.T
         if x.shape[0] == 1 and self.dtype == "bf16":
-            out = np.empty(self.out_features, np.float32)
-            matvec_bf16(self.weight, x[0], out)
-            return out[None, :]
-        return _matmul_tiled(x, self.weight, self.dtype)
+            return matvec_bf16(self.weight, x[0], cap)[None, :]
+        y = x @ self.weight.T if self.dtype == "f32" else _matmul_tiled(x, self.weight, self.dtype)
+        if cap > 0:
+            y = np.float32(cap) * np.tanh(y / np.float32(cap))
+        return y
 
 
 def numba_threads() -> int:

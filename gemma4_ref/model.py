@@ -450,11 +450,9 @@ class Model:
         cache.length += S
         if last_only:
             x = x[-1:]
-        logits = self.head(rms_norm(x, self.norm, cfg.rms_norm_eps))
-        cap = cfg.final_logit_softcapping
-        if cap:
-            logits = np.float32(cap) * np.tanh(logits / np.float32(cap))
-        return logits.astype(np.float32, copy=False)
+        # the soft-cap is fused into the head's matvec when decoding
+        cap = cfg.final_logit_softcapping or 0.0
+        return self.head(rms_norm(x, self.norm, cfg.rms_norm_eps), cap)
 
     def step(
         self, ids: Sequence[int] | np.ndarray, cache: KVCache, last_only: bool = True

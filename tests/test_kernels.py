@@ -11,7 +11,14 @@ import torch.nn.functional as F
 
 from gemma4_ref.attention import KVCache, LayerCache, attention, attention_ref
 from gemma4_ref.config import RopeSpec
-from gemma4_ref.linear import Linear, bf16_to_f32, f32_to_bf16, linear_ref
+from gemma4_ref.linear import (
+    SERIAL_BELOW,
+    Linear,
+    bf16_to_f32,
+    f32_to_bf16,
+    linear_ref,
+    matvec_bf16,
+)
 from gemma4_ref.mlp import gelu_tanh
 from gemma4_ref.norm import rms_norm, rms_norm_ref
 from gemma4_ref.rope import apply_rope, apply_rope_ref, cos_sin, inv_freq
@@ -43,6 +50,20 @@ def test_linear_kernel_matches_reference(rows, dtype, shape):
     y = Linear(w, dtype)(x)
     assert y.shape == (rows, shape[0]) and y.dtype == np.float32
     assert rel(y, linear_ref(x, w, dtype)) < 1e-5
+
+
+@pytest.mark.parametrize("n_out", [7, 1001, SERIAL_BELOW // 512 + 3])
+def test_matvec_bf16_serial_parallel_and_capped(n_out):
+    """Both decode paths (one core below SERIAL_BELOW weights, blocks of rows over all cores
+    above, with a row count no block size divides) and the fused soft-cap of the head."""
+    w = f32_to_bf16(rng.standard_normal((n_out, 512)).astype(np.float32))
+    x = rng.standard_normal(512).astype(np.float32)
+    want = linear_ref(x[None], w, "bf16")[0]
+    assert rel(matvec_bf16(w, x), want) < 1e-5
+    cap = np.float32(30.0)
+    capped = matvec_bf16(w, x, 30.0)
+    assert rel(capped, cap * np.tanh(want / cap)) < 1e-5
+    assert np.abs(capped).max() < 30.0 < np.abs(want).max()  # the cap really bends them
 
 
 def test_linear_reference_matches_torch_on_bf16_weights():
