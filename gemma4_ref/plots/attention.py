@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from ..attention import LayerCache, visible
 from ..config import FULL, SLIDING, TextConfig, text_config_from_dict
+from .widgets import Explorer
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -392,17 +393,15 @@ def plot_attention_layers(trace: Trace, cfg: TextConfig, head: int = 0) -> Figur
     return fig
 
 
-class AttentionExplorer:
+class AttentionExplorer(Explorer):
     """Layer and head selectors over :func:`plot_attention_map` (ipywidgets).
 
     Display it in a notebook; ``draw`` is the callback, usable without widgets.
     """
 
     def __init__(self, trace: Trace, cfg: TextConfig, labels: list[str]):
+        super().__init__()
         self.trace, self.cfg, self.labels = trace, cfg, labels
-        self.figure: Figure | None = None
-        self.controls: dict[str, Any] = {}
-        self._widget: Any = None
 
     def draw(self, layer: int, head: int) -> Figure:
         """The figure for one layer and head."""
@@ -411,35 +410,12 @@ class AttentionExplorer:
         self.figure = plot_attention_map(probs, self.labels, title)
         return self.figure
 
-    @property
-    def widget(self) -> Any:
-        """The ipywidgets box: a layer dropdown, a head slider and the figure."""
-        if self._widget is None:
-            import ipywidgets as widgets
-            from IPython.display import display
-
-            layer = widgets.Dropdown(
-                options=[(layer_description(self.cfg, i), i) for i in range(len(self.cfg.layers))],
-                description="layer",
-                layout=widgets.Layout(width="520px"),
-            )
-            head = widgets.IntSlider(0, 0, self.cfg.num_attention_heads - 1, description="head")
-            out = widgets.Output()
-
-            def redraw(_change: Any = None) -> None:
-                fig = self.draw(layer.value, head.value)
-                with out:
-                    out.clear_output(wait=True)
-                    display(fig)
-
-            layer.observe(redraw, names="value")
-            head.observe(redraw, names="value")
-            redraw()
-            self.controls = {"layer": layer, "head": head}
-            self._widget = widgets.VBox([widgets.HBox([layer, head]), out])
-        return self._widget
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
+    def make_controls(self, widgets: Any) -> dict[str, Any]:
+        """A layer dropdown and a head slider."""
+        layer = widgets.Dropdown(
+            options=[(layer_description(self.cfg, i), i) for i in range(len(self.cfg.layers))],
+            description="layer",
+            layout=widgets.Layout(width="520px"),
+        )
+        head = widgets.IntSlider(0, 0, self.cfg.num_attention_heads - 1, description="head")
+        return {"layer": layer, "head": head}

@@ -22,6 +22,7 @@ from matplotlib.patches import Patch
 from ..config import TextConfig
 from .ple import _human, parameter_counts
 from .tour import MOE_COLOR, PLAIN_COLOR, _arrow, _box
+from .widgets import Explorer, token_dropdown
 
 if TYPE_CHECKING:
     from ..model import Model, Trace
@@ -593,19 +594,17 @@ def plot_router_choice(
     return fig
 
 
-class RouterExplorer:
+class RouterExplorer(Explorer):
     """A token selector and a layer slider over :func:`plot_router_choice` (ipywidgets).
 
     Display it in a notebook; ``draw`` is the callback, usable without widgets.
     """
 
     def __init__(self, model: Model, routing: Routing, labels: Sequence[str]):
+        super().__init__()
         self.routing = routing
         self.labels = list(labels)
         self.scales = np.stack([layer.moe.per_expert_scale for layer in model.layers])  # [L, E]
-        self.figure: Figure | None = None
-        self.controls: dict[str, Any] = {}
-        self._widget: Any = None
 
     def draw(self, token: int, layer: int) -> Figure:
         """The figure for one token position in one layer."""
@@ -616,35 +615,7 @@ class RouterExplorer:
         )
         return self.figure
 
-    @property
-    def widget(self) -> Any:
-        """The ipywidgets box: a token dropdown, a layer slider and the figure."""
-        if self._widget is None:
-            import ipywidgets as widgets
-            from IPython.display import display
-
-            token = widgets.Dropdown(
-                options=[(f"{i}: {s}", i) for i, s in enumerate(self.labels)],
-                value=min(1, len(self.labels) - 1),
-                description="token",
-            )
-            layer = widgets.IntSlider(0, 0, self.routing.probs.shape[0] - 1, description="layer")
-            out = widgets.Output()
-
-            def redraw(_change: Any = None) -> None:
-                fig = self.draw(token.value, layer.value)
-                with out:
-                    out.clear_output(wait=True)
-                    display(fig)
-
-            token.observe(redraw, names="value")
-            layer.observe(redraw, names="value")
-            redraw()
-            self.controls = {"token": token, "layer": layer}
-            self._widget = widgets.VBox([widgets.HBox([token, layer]), out])
-        return self._widget
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
+    def make_controls(self, widgets: Any) -> dict[str, Any]:
+        """A token dropdown and a layer slider."""
+        layer = widgets.IntSlider(0, 0, self.routing.probs.shape[0] - 1, description="layer")
+        return {"token": token_dropdown(widgets, self.labels), "layer": layer}

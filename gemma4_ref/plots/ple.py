@@ -16,6 +16,7 @@ from matplotlib.patches import Rectangle
 
 from ..config import TextConfig
 from ..linear import widen
+from .widgets import Explorer, token_dropdown
 
 if TYPE_CHECKING:
     from ..model import Model, Trace
@@ -201,19 +202,17 @@ def plot_ple_tokens(
     return fig
 
 
-class PLEExplorer:
+class PLEExplorer(Explorer):
     """A token selector over :func:`plot_ple_tokens` (ipywidgets).
 
     Display it in a notebook; ``draw`` is the callback, usable without widgets. # labels [S]
     """
 
     def __init__(self, model: Model, trace: Trace, labels: list[str]):
+        super().__init__()
         self.labels = labels
         self.sizes = ple_update_sizes(model, trace)  # {name: [L, S]}
         self.token_part, self.context_part = ple_parts(model, trace.ids)  # [S, L, P] each
-        self.figure: Figure | None = None
-        self.controls: dict[str, Any] = {}
-        self._widget: Any = None
 
     def draw(self, token: int, quantity: str = "relative") -> Figure:
         """The figure for one token and one measure."""
@@ -227,35 +226,9 @@ class PLEExplorer:
         )
         return self.figure
 
-    @property
-    def widget(self) -> Any:
-        """The ipywidgets box: a token dropdown, a measure toggle and the figure."""
-        if self._widget is None:
-            import ipywidgets as widgets
-            from IPython.display import display
-
-            token = widgets.Dropdown(
-                options=[(f"{i}: {s}", i) for i, s in enumerate(self.labels)],
-                value=min(1, len(self.labels) - 1),
-                description="token",
-            )
-            quantity = widgets.ToggleButtons(options=["relative", "norm"], description="measure")
-            out = widgets.Output()
-
-            def redraw(_change: Any = None) -> None:
-                fig = self.draw(token.value, quantity.value)
-                with out:
-                    out.clear_output(wait=True)
-                    display(fig)
-
-            token.observe(redraw, names="value")
-            quantity.observe(redraw, names="value")
-            redraw()
-            self.controls = {"token": token, "measure": quantity}
-            self._widget = widgets.VBox([widgets.HBox([token, quantity]), out])
-        return self._widget
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
+    def make_controls(self, widgets: Any) -> dict[str, Any]:
+        """A token dropdown and a measure toggle."""
+        return {
+            "token": token_dropdown(widgets, self.labels),
+            "measure": widgets.ToggleButtons(options=["relative", "norm"], description="measure"),
+        }
