@@ -25,29 +25,9 @@ FM = {"reassoc", "contract"}
 
 
 @njit(parallel=True, cache=True, fastmath=FM)
-def v2_split_x(packed, scale, xe, xo, out, group):
-    # x split into even and odd inputs, so both nibbles of byte k meet contiguous x
-    half = group >> 1
-    n_groups = packed.shape[1] // half
-    for r in prange(packed.shape[0]):
-        row = packed[r]
-        acc = np.float32(0.0)
-        for g in range(n_groups):
-            s = bits_to_f32(np.uint32(scale[r, g]) << 16)
-            b = row[g * half : (g + 1) * half]
-            e = xe[g * half : (g + 1) * half]
-            o = xo[g * half : (g + 1) * half]
-            for k in range(half):
-                v = np.int32(b[k])
-                lo = _round_bf16(np.float32((v & 15) - 8) * s)
-                hi = _round_bf16(np.float32((v >> 4) - 8) * s)
-                acc += lo * e[k] + hi * o[k]
-        out[r] = acc
-
-
-@njit(parallel=True, cache=True, fastmath=FM)
 def v3_fma(packed, scale, xe, xo, out, group):
-    # as v2, with (n - 8) * s as one fused n * s - 8 s (exact: the result fits in float32)
+    # the package kernel (x split into even and odd inputs), with (n - 8) * s as one fused
+    # n * s - 8 s (exact: the result fits in float32)
     half = group >> 1
     n_groups = packed.shape[1] // half
     for r in prange(packed.shape[0]):
@@ -103,11 +83,12 @@ def bench_shape(n_out: int, n_in: int, rng: np.random.Generator, group: int = 32
     out = np.empty(n_out, np.float32)
     zero = np.zeros((0, 0), np.int8)
     variants = {
-        "v1 general": lambda p: qmatvec(p, scale, zero, x, out, 4, group, 16),
-        "v2 split x": lambda p: v2_split_x(p, scale, xe, xo, out, group),
+        "v1 general qmatvec": lambda p: qmatvec(p, scale, zero, x, out, 4, group, 16),
         "v3 fma": lambda p: v3_fma(p, scale, xe, xo, out, group),
         "v4 lanes": lambda p: v4_vec_acc(p, scale, xe, xo, out, group),
-        "v5 package": lambda p: out.__setitem__(slice(None), qmatvec_int4_bf16(p, scale, x, group)),
+        "v2 package (split x)": lambda p: out.__setitem__(
+            slice(None), qmatvec_int4_bf16(p, scale, x, group)
+        ),
     }
     line = f"{n_out:>6} x {n_in:<6}"
     for name, fn in variants.items():
