@@ -14,6 +14,15 @@ the place of the usual 1/sqrt(d)). There is no attention soft-cap.
 Every cached key carries its absolute position, so a single rule builds every mask: key j is
 visible to query i iff `pos_j <= pos_i` and, on sliding layers, `pos_j > pos_i - W`. Empty ring
 slots hold position -1 and are never visible.
+
+Images bend the causal half of that rule. On the models whose config says
+`use_bidirectional_attention: "vision"` (26B, 31B), the soft tokens of one image see each other
+both ways on the sliding layers (transformers 5.24, `create_masks_for_vision_model`: sliding =
+`(causal OR same image) AND window`; global layers stay causal). So each query gets a *last
+visible position* `q_last`: its own position, or the last position of its image. The rule
+becomes `pos_j <= q_last_i` and, on sliding layers, `pos_j > pos_i - W`; without images
+`q_last = pos` and nothing changes. A vision encoder is the extreme case: every patch's
+`q_last` is the last patch, so attention is fully bidirectional.
 """
 
 from __future__ import annotations
@@ -22,16 +31,27 @@ import numpy as np
 from numba import njit, prange
 
 
-def visible(q_pos: np.ndarray, k_pos: np.ndarray, window: int) -> np.ndarray:
-    """The attention mask as booleans.  # [S], [T] -> [S, T]"""
-    ok = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= 0)
+def visible(
+    q_pos: np.ndarray, k_pos: np.ndarray, window: int, q_last: np.ndarray | None = None
+) -> np.ndarray:
+    """The attention mask as booleans; `q_last` defaults to `q_pos` (causal).
+
+    # [S], [T], q_last [S] -> [S, T]
+    """
+    last = q_pos if q_last is None else q_last
+    ok = (k_pos[None, :] <= last[:, None]) & (k_pos[None, :] >= 0)
     if window:
         ok &= k_pos[None, :] > q_pos[:, None] - window
     return ok
 
 
 def attention_probs(
-    q: np.ndarray, k: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray, window: int
+    q: np.ndarray,
+    k: np.ndarray,
+    q_pos: np.ndarray,
+    k_pos: np.ndarray,
+    window: int,
+    q_last: np.ndarray | None = None,
 ) -> np.ndarray:
     """The softmax attention weights themselves, for looking at.
 
@@ -39,26 +59,32 @@ def attention_probs(
     """
     k_full = np.repeat(k, q.shape[1] // k.shape[1], axis=1)
     scores = np.einsum("shd,thd->hst", q, k_full)
-    scores = np.where(visible(q_pos, k_pos, window)[None], scores, -np.inf)
+    scores = np.where(visible(q_pos, k_pos, window, q_last)[None], scores, -np.inf)
     scores -= scores.max(axis=-1, keepdims=True)
     p = np.exp(scores)
     return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def attention_ref(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray, window: int
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    q_pos: np.ndarray,
+    k_pos: np.ndarray,
+    window: int,
+    q_last: np.ndarray | None = None,
 ) -> np.ndarray:
     """Masked softmax attention with scale 1 and GQA, the plain NumPy way.
 
-    # q [S, nH, D], k/v [T, nKV, D], q_pos [S], k_pos [T] -> [S, nH, D]
+    # q [S, nH, D], k/v [T, nKV, D], q_pos [S], k_pos [T], q_last [S] -> [S, nH, D]
     """
-    p = attention_probs(q, k, q_pos, k_pos, window)
+    p = attention_probs(q, k, q_pos, k_pos, window, q_last)
     v_full = np.repeat(v, q.shape[1] // v.shape[1], axis=1)  # [T, nH, D]
     return np.einsum("hst,thd->shd", p, v_full).astype(np.float32)
 
 
 @njit(parallel=True, cache=True)
-def _attention_kernel(q, k, v, q_pos, k_pos, window, out):
+def _attention_kernel(q, k, v, q_pos, q_last, k_pos, window, out):
     # q [S, nH, D], k/v [T, nKV, D] -> out [S, nH, D]; one (query, head) pair per task.
     s_len, n_heads, d = q.shape
     t_len, n_kv = k.shape[0], k.shape[1]
@@ -68,11 +94,12 @@ def _attention_kernel(q, k, v, q_pos, k_pos, window, out):
         h = task % n_heads
         kvh = h // group
         qp = q_pos[s]
+        last = q_last[s]
         scores = np.empty(t_len, np.float32)
         best = -np.inf
         for t in range(t_len):
             kp = k_pos[t]
-            if kp < 0 or kp > qp or (window > 0 and kp <= qp - window):
+            if kp < 0 or kp > last or (window > 0 and kp <= qp - window):
                 scores[t] = -np.inf
                 continue
             acc = np.float32(0.0)
@@ -98,7 +125,13 @@ def _attention_kernel(q, k, v, q_pos, k_pos, window, out):
 
 
 def attention(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray, window: int
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    q_pos: np.ndarray,
+    k_pos: np.ndarray,
+    window: int,
+    q_last: np.ndarray | None = None,
 ) -> np.ndarray:
     """Numba attention; agrees with :func:`attention_ref`.  # -> [S, nH, D]"""
     out = np.empty(q.shape, np.float32)
@@ -107,6 +140,7 @@ def attention(
         np.ascontiguousarray(k, np.float32),
         np.ascontiguousarray(v, np.float32),
         q_pos.astype(np.int64),
+        (q_pos if q_last is None else q_last).astype(np.int64),
         k_pos.astype(np.int64),
         int(window),
         out,
@@ -139,6 +173,14 @@ class LayerCache:
         own keys even where the ring buffer cannot hold them all.
         # k, v [S, nKV, D], pos [S] -> ([T, nKV, D], [T, nKV, D], [T])
         """
+        if self.window and len(pos) == 1:
+            # Decode: the new token's slot held position p - W, which it cannot see, so after
+            # the write the ring is exactly its window. Attend over the ring in place (empty
+            # slots have position -1), with no copy; the order of keys does not matter.
+            slot = pos[0] % self.window
+            self.k[slot], self.v[slot], self.pos[slot] = k[0], v[0], pos[0]
+            self.length += 1
+            return self.k, self.v, self.pos
         if self.window:
             filled = self.pos >= 0
             keys = np.concatenate([self.k[filled], k])

@@ -182,6 +182,11 @@ def test_ring_buffer_keeps_exactly_the_window():
     assert sorted(cache.pos) == [6, 7, 8, 9]
     assert cache.k.shape[0] == window  # bounded memory
     np.testing.assert_array_equal(keys[np.argsort(kpos)][-window:], k[6:10])
+    # decode attends over the ring in place: no copy; an empty slot keeps position -1 (masked)
+    short = LayerCache(n_kv=1, head_dim=2, window=window)
+    short.extend(k[:2], k[:2], np.arange(2))
+    keys, _, kpos = short.extend(k[2:3], k[2:3], np.array([2]))
+    assert keys is short.k and sorted(kpos) == [-1, 0, 1, 2]
 
 
 def test_kv_cache_skips_consumer_layers():
