@@ -340,3 +340,35 @@ def _special_tokens(config: Mapping[str, Any]) -> dict[str, str]:
         if isinstance(value, str):
             tokens[key] = value
     return tokens
+
+
+def images_in(messages: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The images of a conversation's `{"type": "image"}` content items, in prompt order.
+
+    An item holds its image under `"image"` (a PIL image, a uint8 array or a file path), or a
+    local file under `"path"` or `"url"`, as transformers' processors accept.
+    """
+    found: list[Any] = []
+    for m, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, (str, bytes)) or not isinstance(content, Sequence):
+            continue
+        for i, item in enumerate(content):
+            if not isinstance(item, Mapping) or item.get("type") != "image":
+                continue
+            where = f"messages[{m}]['content'][{i}]"
+            image = next(
+                (item[k] for k in ("image", "path", "url") if item.get(k) is not None), None
+            )
+            if image is None:
+                raise ChatTemplateError(
+                    f"{where} is an image item without its image; add 'image': a PIL image, a "
+                    "uint8 [H, W, 3] array or a file path."
+                )
+            if isinstance(image, str) and image.startswith(("http://", "https://")):
+                raise ChatTemplateError(
+                    f"{where} names a URL ({image}); this package reads local files only. "
+                    "Download the image and pass its path."
+                )
+            found.append(image)
+    return found

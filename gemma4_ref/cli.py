@@ -1,7 +1,9 @@
 """The `gemma4-ref` command: generate, chat, verify and quantize.
 
     gemma4-ref generate --prompt "Once upon a time" --max-new-tokens 40
+    gemma4-ref generate --prompt "Describe this image:" --image photo.jpg
     gemma4-ref chat --think
+    gemma4-ref chat --image photo.jpg --message "What is in it?"
     gemma4-ref verify --model path/to/checkpoint
     gemma4-ref quantize --model path/to/checkpoint --out path/to/checkpoint-w4a16
 
@@ -69,14 +71,19 @@ def cmd_generate(a: argparse.Namespace) -> int:
     model = _load(a.model)
     tok = model._need_tokenizer()
     bos = [model.config.bos_token_id] if model.config.bos_token_id is not None else []
-    ids = bos + tok.encode(a.prompt)
+    prompt = a.prompt
+    images = a.image or None
+    if images and "<|image|>" not in prompt:
+        # no placeholder written: the images come first, as in Gemma 4's model card examples
+        prompt = "<|image|>" * len(images) + prompt
+    ids = bos + tok.encode(prompt)
     decoder = StreamDecoder(tok, skip_special_tokens=True)
     sys.stdout.write(a.prompt)
     sys.stdout.flush()
     t0 = time.perf_counter()
     first = None
     n = 0
-    for token in model.stream(ids, **_sampling(a)):
+    for token in model.stream(ids, images=images, **_sampling(a)):
         if first is None:
             first = time.perf_counter()
         n += 1
@@ -150,7 +157,12 @@ def cmd_chat(a: argparse.Namespace) -> int:
                 return 0
         else:
             return 0
-        messages.append({"role": "user", "content": text})
+        content: str | list[dict] = text
+        if a.image and not any(m["role"] == "user" for m in messages):
+            # the images belong to the first user turn
+            content = [{"type": "image", "path": path} for path in a.image]
+            content.append({"type": "text", "text": text})
+        messages.append({"role": "user", "content": content})
         printer = _ChannelPrinter(show_thinking=a.think)
         reply = model.chat(messages, enable_thinking=a.think, on_text=printer, **_sampling(a))
         print()
@@ -212,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="continue a prompt, streaming the text")
     g.add_argument("--model", help="checkpoint folder (default: the embedded model in data/)")
     g.add_argument("--prompt", required=True)
+    g.add_argument(
+        "--image",
+        action="append",
+        help="an image file (repeatable); it fills a <|image|> in the prompt, else goes first",
+    )
     _sampling_args(g)
     g.set_defaults(func=cmd_generate)
 
@@ -221,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--system", help="a system message")
     c.add_argument(
         "--message", action="append", help="a user turn (repeatable); without it, read stdin"
+    )
+    c.add_argument(
+        "--image", action="append", help="an image file for the first user turn (repeatable)"
     )
     _sampling_args(c)
     c.set_defaults(func=cmd_chat)

@@ -31,20 +31,23 @@ from typing import Any
 import numpy as np
 
 from .attention import KVCache, attention, attention_probs
-from .chat import ChatTemplate, Response, parse_response
+from .chat import ChatTemplate, Response, images_in, parse_response
 from .checkpoint import Checkpoint
 from .compressed import QuantizationConfig
 from .config import LayerSpec, TextConfig, load_json, load_text_config
 from .errors import CheckpointError, ConfigError, InputError
+from .image import ProcessedImage, default_soft_tokens, process_image
 from .int4 import QuantizedLinear, unpack_ref
 from .linear import Linear, widen
 from .mlp import GatedMLP
 from .moe import Experts, route
+from .multimodal import PlaceholderIds, expand_images, last_visible, merge_soft_tokens
 from .norm import rms_norm
 from .ple import PerLayerEmbeddings, PerLayerGate
 from .rope import apply_rope, cos_sin, inv_freq
 from .sampling import Sampling, next_token
 from .tokenizer import StreamDecoder, Tokenizer
+from .vision import VisionTower, vision_config_from_dict
 
 #: Where the embedded default model lives, relative to the repository root.
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "gemma4-tiny"
@@ -227,9 +230,15 @@ class DecoderLayer:
         cache: KVCache,
         shared: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
         trace: Trace | None = None,
+        q_last: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Self-attention.  # h [S, H] (normed), pos [S] -> [S, H]"""
+        """Self-attention; `q_last` opens image blocks (see attention.py).
+
+        # h [S, H] (normed), pos [S], q_last [S] -> [S, H]
+        """
         S, hd = h.shape[0], self.spec.head_dim
+        # Gemma 4 lets image tokens see each other on sliding layers only; global ones stay causal.
+        q_last = q_last if self.spec.is_sliding else None
         cos, sin = rope
         q = self.q_proj(h).reshape(S, self.n_heads, hd)
         q = apply_rope(rms_norm(q, self.q_norm, self.eps), cos, sin)
@@ -244,9 +253,9 @@ class DecoderLayer:
             keys, values, k_pos = cache.layers[self.spec.index].extend(k, v, pos)
             # Later consumers of this layer type read the last producer's keys and values.
             shared[self.spec.layer_type] = (keys, values, k_pos)
-        o = attention(q, keys, values, pos, k_pos, self.window)
+        o = attention(q, keys, values, pos, k_pos, self.window, q_last)
         if trace is not None:
-            trace.attention.append(attention_probs(q, keys, pos, k_pos, self.window))
+            trace.attention.append(attention_probs(q, keys, pos, k_pos, self.window, q_last))
             trace.key_positions.append(k_pos)
         return self.o_proj(o.reshape(S, self.n_heads * hd))
 
@@ -268,9 +277,11 @@ class DecoderLayer:
             )
         return rms_norm(h, self.post_ff_norm, self.eps)
 
-    def __call__(self, x, pos, rope, cache, shared, per_layer_input, trace=None):
+    def __call__(self, x, pos, rope, cache, shared, per_layer_input, trace=None, q_last=None):
         """# x [S, H] -> [S, H]"""
-        h = self.attend(rms_norm(x, self.input_norm, self.eps), pos, rope, cache, shared, trace)
+        h = self.attend(
+            rms_norm(x, self.input_norm, self.eps), pos, rope, cache, shared, trace, q_last
+        )
         x = x + rms_norm(h, self.post_attn_norm, self.eps)
         x = x + self.feed_forward(x, trace)
         ple = None
@@ -380,6 +391,16 @@ class Model:
             Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
         )
         self.chat_template: ChatTemplate | None = ChatTemplate.from_dir(path)
+        self.placeholders = PlaceholderIds.from_config(raw)
+        self.max_soft_tokens = default_soft_tokens(path)
+        self.vision: VisionTower | None = None
+        # The unified 12B has no tower (its images are projected patches, not implemented).
+        vision_cfg = None
+        if raw.get("model_type") == "gemma4":
+            vision_cfg = vision_config_from_dict(raw, str(path / "config.json"))
+        if vision_cfg is not None and "model.vision_tower.patch_embedder.input_proj.weight" in ckpt:
+            say("vision tower")
+            self.vision = VisionTower(vision_cfg, H, _Weights(ckpt, "model.", quant))
 
     # -- bookkeeping --
 
@@ -423,19 +444,31 @@ class Model:
     # -- the forward pass --
 
     def _run(
-        self, ids: np.ndarray, cache: KVCache, last_only: bool, trace: Trace | None = None
+        self,
+        ids: np.ndarray,
+        cache: KVCache,
+        last_only: bool,
+        trace: Trace | None = None,
+        soft: np.ndarray | None = None,
     ) -> np.ndarray:
         """Run tokens through the decoder, appending to `cache`.
 
         With `last_only`, the KV-consumer layers (and the head) run on the last position
         alone: nothing later reads those layers' states at earlier positions, so this is exact.
-        # ids [S] -> logits [S or 1, V]
+        `soft` holds the soft tokens of the images whose placeholders are in `ids`.
+        # ids [S], soft [n, H] -> logits [S or 1, V]
         """
         cfg = self.config
         S = ids.size
         pos = np.arange(cache.length, cache.length + S, dtype=np.int64)
-        x = widen(self.embed_table[ids], self.embed_dtype) * self.embed_scale
-        per_layer = self.ple(ids, x) if self.ple is not None else None
+        token_ids = self.placeholders.embedding_ids(ids, cfg.pad_token_id or 0)
+        x = widen(self.embed_table[token_ids], self.embed_dtype) * self.embed_scale
+        q_last = None
+        if soft is not None:
+            x = merge_soft_tokens(x, ids, soft, self.placeholders)
+            if cfg.use_bidirectional_attention == "vision":
+                q_last = last_visible(pos, ids, self.placeholders)
+        per_layer = self.ple(token_ids, x) if self.ple is not None else None
         if trace is not None:
             trace.per_layer_inputs = per_layer
         ropes = {t: cos_sin(pos, f) for t, f in self._freqs.items()}
@@ -445,8 +478,9 @@ class Model:
                 x, pos = x[-1:], pos[-1:]
                 per_layer = per_layer[-1:] if per_layer is not None else None
                 ropes = {t: (c[-1:], s[-1:]) for t, (c, s) in ropes.items()}
+                q_last = q_last[-1:] if q_last is not None else None
             pli = per_layer[:, layer.spec.index] if per_layer is not None else None
-            x = layer(x, pos, ropes[layer.spec.layer_type], cache, shared, pli, trace)
+            x = layer(x, pos, ropes[layer.spec.layer_type], cache, shared, pli, trace, q_last)
         cache.length += S
         if last_only:
             x = x[-1:]
@@ -455,18 +489,75 @@ class Model:
         return self.head(rms_norm(x, self.norm, cfg.rms_norm_eps), cap)
 
     def step(
-        self, ids: Sequence[int] | np.ndarray, cache: KVCache, last_only: bool = True
+        self,
+        ids: Sequence[int] | np.ndarray,
+        cache: KVCache,
+        last_only: bool = True,
+        images: Sequence[Any] | None = None,
+        max_soft_tokens: int | None = None,
     ) -> np.ndarray:
         """Feed tokens that continue `cache` (a prompt, or one new token) and return logits.
 
+        With `images`, `ids` are already expanded: each image is `<|image>`, n x `<|image|>`,
+        `<image|>` with n its soft-token count (see :meth:`generate` for the short form). An
+        image block must lie within one call.
         # ids [S] -> [1, vocab] (last_only) or [S, vocab]
         """
-        return self._run(self._check_ids(ids, cache.length), cache, last_only)
+        arr = self._check_ids(ids, cache.length)
+        soft = None
+        if images is not None:
+            rows = self.image_features(images, max_soft_tokens)
+            soft = np.concatenate(rows) if rows else np.zeros((0, self.config.hidden_size))
+        return self._run(arr, cache, last_only, soft=soft)
 
-    def forward(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Logits for every position of a fresh prefill.  # [S] int -> [S, vocab] float32"""
-        arr = self._check_ids(ids, 0)
-        return self._run(arr, self.new_cache(), last_only=False)
+    def forward(
+        self,
+        ids: Sequence[int] | np.ndarray,
+        images: Sequence[Any] | None = None,
+        max_soft_tokens: int | None = None,
+    ) -> np.ndarray:
+        """Logits for every position of a fresh prefill (`ids` expanded, as for :meth:`step`).
+
+        # [S] int -> [S, vocab] float32
+        """
+        return self.step(ids, self.new_cache(), False, images, max_soft_tokens)
+
+    # -- images --
+
+    def process_images(
+        self, images: Sequence[Any], max_soft_tokens: int | None = None
+    ) -> list[ProcessedImage]:
+        """Resize and patchify images (PIL images, file paths or uint8 [H, W, 3] arrays) for
+        this model's vision tower; :class:`ProcessedImage` items pass through unchanged.
+
+        `max_soft_tokens` (70, 140, 280, 560 or 1120) defaults to the checkpoint's processor
+        config, else 280.
+        """
+        if self.vision is None:
+            raise InputError(
+                f"{self.path / 'config.json'} describes no Gemma 4 vision tower (no vision_config "
+                "or no model.vision_tower.* tensors), so this model cannot take images. The "
+                "unified 12B's encoder-free image path is not implemented yet."
+            )
+        if not isinstance(images, (list, tuple)):
+            raise InputError(
+                f"images must be a list (one entry per image), got {type(images).__name__}."
+            )
+        budget = max_soft_tokens or self.max_soft_tokens
+        return [
+            im if isinstance(im, ProcessedImage) else process_image(im, budget, f"images[{i}]")
+            for i, im in enumerate(images)
+        ]
+
+    def image_features(
+        self, images: Sequence[Any], max_soft_tokens: int | None = None
+    ) -> list[np.ndarray]:
+        """Each image's soft tokens in the text width (transformers `get_image_features`).
+
+        # n images -> n x [n_i, H]
+        """
+        processed = self.process_images(images, max_soft_tokens)
+        return [self.vision(p.patches, p.positions, p.name) for p in processed]
 
     def trace(self, ids: Sequence[int] | np.ndarray) -> Trace:
         """A fresh prefill that also records attention maps, expert choices, PLE updates and
@@ -488,11 +579,15 @@ class Model:
         seed: int | None = None,
         do_sample: bool | None = None,
         cache: KVCache | None = None,
+        images: Sequence[Any] | None = None,
+        max_soft_tokens: int | None = None,
     ) -> Iterator[int]:
         """Yield new token ids one at a time; stops after an EOS id (which is yielded).
 
         Arguments left as None come from `generation_config.json`. With `cache`, `ids` continue
-        the tokens already in it (multi-turn chat).
+        the tokens already in it (multi-turn chat). With `images`, `ids` hold one `<|image|>`
+        per image, as the chat template writes it; each is expanded to the image's soft tokens
+        here, as transformers' processor does.
         """
         s = Sampling.resolve(self.generation_config, temperature, top_k, top_p, do_sample)
         if max_new_tokens is None:
@@ -500,11 +595,16 @@ class Model:
         if max_new_tokens < 0:
             raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
         cache = cache if cache is not None else self.new_cache()
-        self._check_ids(ids, cache.length)
+        prompt = self._check_ids(ids, cache.length)
+        processed = None
+        if images is not None or (prompt == self.placeholders.image).any():
+            processed = self.process_images(images or [], max_soft_tokens)
+            counts = [p.num_soft_tokens for p in processed]
+            prompt = expand_images(prompt, counts, self.placeholders)
         rng = np.random.default_rng(seed)
         if max_new_tokens == 0:
             return
-        logits = self.step(ids, cache)[-1]
+        logits = self.step(prompt, cache, images=processed)[-1]
         for n in range(max_new_tokens):
             token = next_token(logits, s, rng)
             yield token
@@ -524,13 +624,27 @@ class Model:
         seed: int | None = None,
         do_sample: bool | None = None,
         on_token: Callable[[int], None] | None = None,
+        images: Sequence[Any] | None = None,
+        max_soft_tokens: int | None = None,
     ) -> list[int]:
         """Generate new tokens (greedy at temperature 0); returns only the new ids.
 
-        `on_token` is called with each id as soon as it exists, for streaming output.
+        `on_token` is called with each id as soon as it exists, for streaming output. `images`
+        (PIL images, file paths, uint8 [H, W, 3] arrays or :class:`ProcessedImage`) fill the
+        prompt's `<|image|>` placeholders, one each, in order.
         """
         out = []
-        for token in self.stream(ids, max_new_tokens, temperature, top_k, top_p, seed, do_sample):
+        for token in self.stream(
+            ids,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            do_sample,
+            images=images,
+            max_soft_tokens=max_soft_tokens,
+        ):
             out.append(token)
             if on_token is not None:
                 on_token(token)
@@ -565,19 +679,35 @@ class Model:
         enable_thinking: bool = False,
         max_new_tokens: int | None = None,
         on_text: Callable[[str], None] | None = None,
+        max_soft_tokens: int | None = None,
         **sampling,
     ) -> Response:
-        """Answer a conversation; returns the thinking channel and the answer apart."""
+        """Answer a conversation; returns the thinking channel and the answer apart.
+
+        Content items `{"type": "image", "image": PIL image | array | path}` (or `"path"` /
+        `"url"` naming a local file) put images in the conversation.
+        """
         tok = self._need_tokenizer()
         prompt = self.render_chat(messages, enable_thinking)
+        images = images_in(messages) or None
+        ids = tok.encode(prompt)
+        if images is not None and tok.token_to_id("<|image|>") != self.placeholders.image:
+            raise InputError(
+                f"{self.path}: the tokenizer's <|image|> is id {tok.token_to_id('<|image|>')} "
+                f"but config.json's image_token_id is {self.placeholders.image}; the tokenizer "
+                "and config come from different checkpoints."
+            )
         decoder = StreamDecoder(tok)
-        ids = []
-        for t in self.stream(tok.encode(prompt), max_new_tokens, **sampling):
-            ids.append(t)
+        out = []
+        stream = self.stream(
+            ids, max_new_tokens, images=images, max_soft_tokens=max_soft_tokens, **sampling
+        )
+        for t in stream:
+            out.append(t)
             piece = decoder.push(t)
             if on_text is not None and piece:
                 on_text(piece)
-        return parse_response(tok.decode(ids))
+        return parse_response(tok.decode(out))
 
 
 def _ids(value: Any) -> list[int]:
