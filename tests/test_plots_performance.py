@@ -10,6 +10,7 @@ targets are the ratios of the committed bench results.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -227,3 +228,16 @@ def test_speed_targets_are_the_ratios_of_the_committed_results():
     fig = pf.plot_targets(list(targets.values()))
     widths = [p.get_width() for p in fig.axes[0].patches]
     np.testing.assert_allclose(widths, [t.ratio / t.goal for t in targets.values()])
+
+
+def test_latest_results_takes_the_newest_complete_run(tmp_path):
+    data = pf.load_results(RESULTS)
+    old, new, partial = (json.loads(json.dumps(data)) for _ in range(3))
+    old["updated"], new["updated"], partial["updated"] = "2026-01-01", "2026-06-01", "2026-12-01"
+    del partial["models"]["e2b"]["llama.cpp"]  # newest, but llama.cpp was not measured
+    for name, d in (("a", old), ("b", new), ("c", partial)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(d))
+    assert pf.latest_results(tmp_path) == tmp_path / "b.json"
+    assert not pf.complete(partial) and pf.complete(new)
+    with pytest.raises(FileNotFoundError, match="e4b"):
+        pf.latest_results(tmp_path, "e4b")

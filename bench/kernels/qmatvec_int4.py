@@ -69,6 +69,29 @@ def v4_vec_acc(packed, scale, xe, xo, out, group):
         out[r] = acc.sum()
 
 
+@njit(parallel=True, cache=True, fastmath=FM)
+def v5_unrounded(packed, scale, xe, xo, out, group):
+    # NOT exact: sum q * x per group and scale once, skipping the bf16 rounding of each q * s
+    # that compressed-tensors applies. It shows what the exactness costs; its result is
+    # transformers' default fp32 decompression, about 1e-3 away from `dequantize=True`.
+    half = group >> 1
+    n_groups = packed.shape[1] // half
+    for r in prange(packed.shape[0]):
+        row = packed[r]
+        acc = np.float32(0.0)
+        for g in range(n_groups):
+            s = bits_to_f32(np.uint32(scale[r, g]) << 16)
+            b = row[g * half : (g + 1) * half]
+            e = xe[g * half : (g + 1) * half]
+            o = xo[g * half : (g + 1) * half]
+            part = np.float32(0.0)
+            for k in range(half):
+                v = np.int32(b[k])
+                part += np.float32((v & 15) - 8) * e[k] + np.float32((v >> 4) - 8) * o[k]
+            acc += part * s
+        out[r] = acc
+
+
 def bench_shape(n_out: int, n_in: int, rng: np.random.Generator, group: int = 32) -> str:
     q = rng.integers(-8, 8, (n_out, n_in)).astype(np.int8)
     scale = rng.integers(0x3A00, 0x3C80, (n_out, n_in // group), dtype=np.uint16)
@@ -86,6 +109,7 @@ def bench_shape(n_out: int, n_in: int, rng: np.random.Generator, group: int = 32
         "v1 general qmatvec": lambda p: qmatvec(p, scale, zero, x, out, 4, group, 16),
         "v3 fma": lambda p: v3_fma(p, scale, xe, xo, out, group),
         "v4 lanes": lambda p: v4_vec_acc(p, scale, xe, xo, out, group),
+        "v5 unrounded (inexact)": lambda p: v5_unrounded(p, scale, xe, xo, out, group),
         "v2 package (split x)": lambda p: out.__setitem__(
             slice(None), qmatvec_int4_bf16(p, scale, x, group)
         ),
@@ -94,7 +118,7 @@ def bench_shape(n_out: int, n_in: int, rng: np.random.Generator, group: int = 32
     for name, fn in variants.items():
         fn(ps[0])
         err = np.abs(out - ref).max() / np.abs(ref).max()
-        assert err < 1e-5, (name, err)
+        assert err < (1e-2 if "inexact" in name else 1e-5), (name, err)
         best, gbs = best_gbs(fn, ps, nbytes)
         line += f" | {name}: {best * 1e3:6.3f} ms {gbs:5.1f} GB/s"
     return line

@@ -419,6 +419,28 @@ def load_results(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def complete(data: dict, model: str = "e2b") -> bool:
+    """Did this run measure `model` with every engine the targets compare?"""
+    try:
+        speed_targets(data, model)
+    except (KeyError, TypeError):
+        return False
+    return True
+
+
+def latest_results(folder: Path, model: str = "e2b") -> Path:
+    """The newest ``<machine>.json`` in `folder` whose run measured `model` completely.
+
+    Each machine the bench ran on has its own file (sessions here land on different CPUs);
+    the chapter reads the latest complete one.
+    """
+    runs = [(load_results(p), p) for p in sorted(Path(folder).glob("*.json"))]
+    runs = [(d.get("updated", ""), p) for d, p in runs if complete(d, model)]
+    if not runs:
+        raise FileNotFoundError(f"no complete bench run of {model!r} in {folder}")
+    return max(runs)[1]
+
+
 def speed_targets(data: dict, model: str = "e2b") -> list[Target]:
     """The speed issue's targets for one bench model, as measured ratios (ours / theirs).
 
