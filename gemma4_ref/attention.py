@@ -23,6 +23,14 @@ visible position* `q_last`: its own position, or the last position of its image.
 becomes `pos_j <= q_last_i` and, on sliding layers, `pos_j > pos_i - W`; without images
 `q_last = pos` and nothing changes. A vision encoder is the extreme case: every patch's
 `q_last` is the last patch, so attention is fully bidirectional.
+
+The unified 12B bends the window too: there a block's tokens see each other on *every* layer,
+even where the block is longer than the window (`(causal AND window) OR same block`). Both
+halves of that rule are intervals that meet at the query, so their union is one interval
+again: each query gets a *first visible position* `q_first` as well, the smaller of
+`pos - W + 1` and its block's first position, and the rule is simply
+`q_first_i <= pos_j <= q_last_i`. Without it, `q_first = pos - W + 1` on sliding layers and
+0 on global ones, the plain window.
 """
 
 from __future__ import annotations
@@ -32,15 +40,22 @@ from numba import njit, prange
 
 
 def visible(
-    q_pos: np.ndarray, k_pos: np.ndarray, window: int, q_last: np.ndarray | None = None
+    q_pos: np.ndarray,
+    k_pos: np.ndarray,
+    window: int,
+    q_last: np.ndarray | None = None,
+    q_first: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The attention mask as booleans; `q_last` defaults to `q_pos` (causal).
+    """The attention mask as booleans; `q_last` defaults to `q_pos` (causal), `q_first` to
+    the window's first position (`q_pos - window + 1`, or none on a global layer).
 
-    # [S], [T], q_last [S] -> [S, T]
+    # [S], [T], q_last [S], q_first [S] -> [S, T]
     """
     last = q_pos if q_last is None else q_last
     ok = (k_pos[None, :] <= last[:, None]) & (k_pos[None, :] >= 0)
-    if window:
+    if q_first is not None:
+        ok &= k_pos[None, :] >= q_first[:, None]
+    elif window:
         ok &= k_pos[None, :] > q_pos[:, None] - window
     return ok
 
@@ -52,6 +67,7 @@ def attention_probs(
     k_pos: np.ndarray,
     window: int,
     q_last: np.ndarray | None = None,
+    q_first: np.ndarray | None = None,
 ) -> np.ndarray:
     """The softmax attention weights themselves, for looking at.
 
@@ -59,7 +75,7 @@ def attention_probs(
     """
     k_full = np.repeat(k, q.shape[1] // k.shape[1], axis=1)
     scores = np.einsum("shd,thd->hst", q, k_full)
-    scores = np.where(visible(q_pos, k_pos, window, q_last)[None], scores, -np.inf)
+    scores = np.where(visible(q_pos, k_pos, window, q_last, q_first)[None], scores, -np.inf)
     scores -= scores.max(axis=-1, keepdims=True)
     p = np.exp(scores)
     return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
@@ -73,19 +89,21 @@ def attention_ref(
     k_pos: np.ndarray,
     window: int,
     q_last: np.ndarray | None = None,
+    q_first: np.ndarray | None = None,
 ) -> np.ndarray:
     """Masked softmax attention with scale 1 and GQA, the plain NumPy way.
 
-    # q [S, nH, D], k/v [T, nKV, D], q_pos [S], k_pos [T], q_last [S] -> [S, nH, D]
+    # q [S, nH, D], k/v [T, nKV, D], q_pos [S], k_pos [T], q_last/q_first [S] -> [S, nH, D]
     """
-    p = attention_probs(q, k, q_pos, k_pos, window, q_last)
+    p = attention_probs(q, k, q_pos, k_pos, window, q_last, q_first)
     v_full = np.repeat(v, q.shape[1] // v.shape[1], axis=1)  # [T, nH, D]
     return np.einsum("hst,thd->shd", p, v_full).astype(np.float32)
 
 
 @njit(parallel=True, cache=True)
-def _attention_kernel(q, k, v, q_pos, q_last, k_pos, window, out):
+def _attention_kernel(q, k, v, q_first, q_last, k_pos, out):
     # q [S, nH, D], k/v [T, nKV, D] -> out [S, nH, D]; one (query, head) pair per task.
+    # Query s sees the keys at positions q_first[s] .. q_last[s] (empty slots are -1).
     s_len, n_heads, d = q.shape
     t_len, n_kv = k.shape[0], k.shape[1]
     group = n_heads // n_kv
@@ -93,13 +111,13 @@ def _attention_kernel(q, k, v, q_pos, q_last, k_pos, window, out):
         s = task // n_heads
         h = task % n_heads
         kvh = h // group
-        qp = q_pos[s]
+        first = q_first[s]
         last = q_last[s]
         scores = np.empty(t_len, np.float32)
         best = -np.inf
         for t in range(t_len):
             kp = k_pos[t]
-            if kp < 0 or kp > last or (window > 0 and kp <= qp - window):
+            if kp < 0 or kp > last or kp < first:
                 scores[t] = -np.inf
                 continue
             acc = np.float32(0.0)
@@ -132,17 +150,19 @@ def attention(
     k_pos: np.ndarray,
     window: int,
     q_last: np.ndarray | None = None,
+    q_first: np.ndarray | None = None,
 ) -> np.ndarray:
     """Numba attention; agrees with :func:`attention_ref`.  # -> [S, nH, D]"""
+    if q_first is None:
+        q_first = q_pos - window + 1 if window else np.zeros_like(q_pos)
     out = np.empty(q.shape, np.float32)
     _attention_kernel(
         np.ascontiguousarray(q, np.float32),
         np.ascontiguousarray(k, np.float32),
         np.ascontiguousarray(v, np.float32),
-        q_pos.astype(np.int64),
+        q_first.astype(np.int64),
         (q_pos if q_last is None else q_last).astype(np.int64),
         k_pos.astype(np.int64),
-        int(window),
         out,
     )
     return out

@@ -16,7 +16,7 @@ after Gulati et al. 2020, arXiv:2005.08100), then `Gemma4MultimodalEmbedder`::
       -> RMSNorm without weight -> embedding_projection                  [N, H_text]
 
 The N rows are the audio soft tokens: they replace the N `<|audio|>` placeholders of the prompt
-(audio_features.expand_audio_ids), and they are *not* scaled by sqrt(H) like token embeddings.
+(multimodal.expand_placeholders), and they are *not* scaled by sqrt(H) like token embeddings.
 
 **Padding is dropped up front.** transformers runs the padded frames through the whole tower and
 masks them; but no valid token can see one: the convolutions multiply them by 0 (which is what
@@ -34,21 +34,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
 
 from .audio_features import NUM_MELS
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, TensorSource
 from .config import _get, load_json
 from .errors import ConfigError, InputError
-from .linear import widen
-from .norm import rms_norm
-from .vision import ClippedLinear
-
-if TYPE_CHECKING:
-    from .model import _Weights
+from .linear import ClippedLinear, widen
+from .norm import layer_norm, rms_norm
 
 # The eps of Gemma4RMSNorm when a module does not pass the config's: the feed-forward norms and
 # the layer's own three norms use it, the light conv's norms and the embedder use rms_norm_eps.
@@ -189,16 +185,6 @@ def conv2d_stride2_ref(x: np.ndarray, w: np.ndarray) -> np.ndarray:
         for j in range(3):  # frequency tap
             out += xp[i : i + 2 * t_out : 2, j : j + 2 * f_out : 2] @ w[:, :, i, j].T
     return out
-
-
-def layer_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """LayerNorm over the last axis with a weight and no bias (`nn.LayerNorm(bias=False)`).
-
-    # [..., C], [C] -> [..., C]
-    """
-    centred = x - x.mean(axis=-1, keepdims=True)
-    var = np.mean(centred * centred, axis=-1, keepdims=True)
-    return centred / np.sqrt(var + np.float32(eps)) * weight
 
 
 def conv_block_ref(x: np.ndarray, w: np.ndarray, norm: np.ndarray, eps: float) -> np.ndarray:
@@ -399,12 +385,12 @@ def softplus(x: np.ndarray) -> np.ndarray:
 # --- loading ------------------------------------------------------------------------------------
 
 
-def _floats(w: _Weights, name: str, shape: tuple[int, ...]) -> np.ndarray:
+def _floats(w: TensorSource, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """A small tensor (conv kernel, clip bound) widened once to float32, shape-checked."""
     return np.array(widen(*w.raw(name, shape)), dtype=np.float32)
 
 
-def _clipped(w: _Weights, name: str, out_f: int, in_f: int, c: AudioConfig) -> ClippedLinear:
+def _clipped(w: TensorSource, name: str, out_f: int, in_f: int, c: AudioConfig) -> ClippedLinear:
     """A clippable linear, with its four bounds when `use_clipped_linears` is on (otherwise the
     checkpoint holds none)."""
     bounds = None
@@ -420,7 +406,7 @@ def _clipped(w: _Weights, name: str, out_f: int, in_f: int, c: AudioConfig) -> C
 class Subsampler:
     """`Gemma4AudioSubSampleConvProjection`: two stride-2 conv blocks, then a linear layer."""
 
-    def __init__(self, w: _Weights, c: AudioConfig):
+    def __init__(self, w: TensorSource, c: AudioConfig):
         c0, c1 = c.subsampling_conv_channels
         p = "audio_tower.subsample_conv_projection."
         # The kernel wants the weights tap-major with output channels last.
@@ -446,7 +432,7 @@ class Subsampler:
 class FeedForward:
     """`Gemma4AudioFeedForward`: the conformer's half-step FF, `x + 0.5 * norm(FF(norm(x)))`."""
 
-    def __init__(self, w: _Weights, p: str, c: AudioConfig):
+    def __init__(self, w: TensorSource, p: str, c: AudioConfig):
         h = c.hidden_size
         self.pre_norm = w.vector(p + "pre_layer_norm.weight", h)
         self.up = _clipped(w, p + "ffw_layer_1", 4 * h, h, c)
@@ -466,7 +452,7 @@ class Attention:
     """`Gemma4AudioAttention`: local self-attention with learned per-dimension query scales,
     relative-position logits and a logit soft-cap, all in float32."""
 
-    def __init__(self, w: _Weights, p: str, c: AudioConfig):
+    def __init__(self, w: TensorSource, p: str, c: AudioConfig):
         h = c.hidden_size
         self.q = _clipped(w, p + "q_proj", h, h, c)
         self.k = _clipped(w, p + "k_proj", h, h, c)
@@ -499,7 +485,7 @@ class Attention:
 class LightConv:
     """`Gemma4AudioLightConv1d`: `x + W_end silu(norm(c(dwconv(glu(W_start norm(x))))))`."""
 
-    def __init__(self, w: _Weights, p: str, c: AudioConfig):
+    def __init__(self, w: TensorSource, p: str, c: AudioConfig):
         h = c.hidden_size
         self.pre_norm = w.vector(p + "pre_layer_norm.weight", h)
         self.start = _clipped(w, p + "linear_start", 2 * h, h, c)
@@ -521,7 +507,7 @@ class LightConv:
 class ConformerLayer:
     """`Gemma4AudioLayer`: FF, attention, light conv, FF, norm (the module docstring's loop)."""
 
-    def __init__(self, w: _Weights, i: int, c: AudioConfig):
+    def __init__(self, w: TensorSource, i: int, c: AudioConfig):
         p = f"audio_tower.layers.{i}."
         h = c.hidden_size
         self.ff1 = FeedForward(w, p + "feed_forward1.", c)
@@ -547,7 +533,7 @@ class AudioTower:
     """The audio encoder and its embedder into the text model: log-mel frames in, soft tokens
     out. Build it with :meth:`load`; call it with what `log_mel_features` returns."""
 
-    def __init__(self, config: AudioConfig, w: _Weights):
+    def __init__(self, config: AudioConfig, w: TensorSource):
         c = config
         self.config = c
         self.subsample = Subsampler(w, c)
@@ -565,10 +551,8 @@ class AudioTower:
         """The tower of a multimodal checkpoint (a :class:`Checkpoint` or its folder), its
         config read from the folder's config.json unless given. The weights stay
         memory-mapped in their stored dtype."""
-        from .model import _Weights  # here, not at the top: the model module imports this one
-
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
-        return cls(config or load_audio_config(ckpt.folder), _Weights(ckpt, "model.", None))
+        return cls(config or load_audio_config(ckpt.folder), TensorSource(ckpt, "model.", None))
 
     def encode(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """The conformer's output at the valid positions (`Gemma4AudioModel`'s last hidden

@@ -14,14 +14,20 @@ arXiv:2303.01037) with its defaults, for one clip::
 
 Every clip then becomes `<|audio>` + n x `<|audio|>` + `<audio|>` in the prompt, where n is the
 number of valid frames left after the tower's two stride-2 convolutions, 40 ms of audio per
-token (`Gemma4Processor.replace_audio_token`); the tower's n output rows replace the n
-placeholders.
+token (`Gemma4Processor.replace_audio_token`, `multimodal.expand_placeholders`); the tower's n
+output rows replace the n placeholders.
+
+Clips reach the model as arrays of samples, `(samples, sampling_rate)` pairs or WAV files
+(:func:`load_waveform`; the standard library's `wave` module reads them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import wave
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +54,54 @@ _LEFT_PAD = FRAME_LENGTH // 2
 AUDIO_START = "<|audio>"
 AUDIO_SOFT = "<|audio|>"
 AUDIO_END = "<audio|>"
+
+
+# --- reading clips ---------------------------------------------------------------------------
+
+
+def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """A PCM WAV file's samples in [-1, 1], channels averaged to mono, and its sampling rate.
+
+    # -> [N] float64, rate
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"audio file {path} does not exist.")
+    try:
+        with wave.open(str(path), "rb") as f:
+            width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
+            raw = f.readframes(f.getnframes())
+    except (wave.Error, EOFError) as e:
+        raise InputError(
+            f"{path} is not a PCM WAV file ({e}); this package reads WAV only. Convert it "
+            "first, e.g. `ffmpeg -i in.mp3 -ar 16000 -ac 1 out.wav`, or pass the samples as "
+            "an array."
+        ) from None
+    if width == 1:  # 8-bit WAV is unsigned, centred on 128
+        x = (np.frombuffer(raw, np.uint8).astype(np.float64) - 128.0) / 128.0
+    elif width == 3:  # 24-bit: widen each little-endian triple into the top of an int32
+        b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+        x = ((b[:, 0] << 8 | b[:, 1] << 16 | b[:, 2] << 24) >> 8) / float(1 << 23)
+    elif width in (2, 4):
+        x = np.frombuffer(raw, f"<i{width}").astype(np.float64) / float(1 << (8 * width - 1))
+    else:
+        raise InputError(f"{path}: {8 * width}-bit samples are not supported (8/16/24/32-bit PCM).")
+    return x.reshape(-1, channels).mean(axis=1), rate
+
+
+def load_waveform(item: Any, name: str = "audio") -> tuple[np.ndarray, int]:
+    """One clip as (samples, sampling rate) from what a caller may pass: a 1-D array of float
+    samples (taken to be 16 kHz), a `(samples, sampling_rate)` pair, or a WAV file path."""
+    if isinstance(item, (str, os.PathLike)):
+        return read_wav(item)
+    if isinstance(item, tuple) and len(item) == 2:
+        return np.asarray(item[0]), int(item[1])
+    if isinstance(item, np.ndarray):
+        return item, SAMPLING_RATE
+    raise InputError(
+        f"{name} is a {type(item).__name__}; pass a 1-D float array of 16 kHz samples, a "
+        "(samples, sampling_rate) pair or a WAV file path."
+    )
 
 
 # --- the spectrogram --------------------------------------------------------------------------
@@ -206,29 +260,3 @@ def num_audio_soft_tokens(num_samples: int) -> int:
         raise InputError(f"an audio clip has 0 to {MAX_SAMPLES} samples, not {num_samples}.")
     frames = max(0, (num_samples + _LEFT_PAD - _WINDOW_SPAN) // HOP_LENGTH + 1)
     return soft_tokens_from_frames(frames)
-
-
-def expand_audio_ids(
-    ids: Sequence[int], counts: Sequence[int], start_id: int, soft_id: int, end_id: int
-) -> list[int]:
-    """Give each clip its run of placeholders, as `Gemma4Processor` does: the i-th `soft_id`
-    (the chat template writes one `<|audio|>` per clip) becomes `start_id`, `counts[i]` x
-    `soft_id`, `end_id`. The processor expands the text before tokenizing; the three are
-    special tokens, so expanding the ids gives the same result.
-
-    # ids [S] -> [S + sum(counts) + len(counts)]
-    """
-    found = sum(1 for t in ids if t == soft_id)
-    if found != len(counts):
-        raise InputError(
-            f"the prompt has {found} audio placeholder(s) ({AUDIO_SOFT}, id {soft_id}) but "
-            f"{len(counts)} audio clip(s) were given; put one {AUDIO_SOFT} where each clip goes."
-        )
-    out: list[int] = []
-    clips = iter(counts)
-    for t in ids:
-        if t == soft_id:
-            out += [start_id] + [soft_id] * next(clips) + [end_id]
-        else:
-            out.append(int(t))
-    return out

@@ -20,6 +20,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -342,11 +343,21 @@ def _special_tokens(config: Mapping[str, Any]) -> dict[str, str]:
     return tokens
 
 
-def images_in(messages: Sequence[Mapping[str, Any]]) -> list[Any]:
-    """The images of a conversation's `{"type": "image"}` content items, in prompt order.
+_MEDIA_HINTS = {
+    "image": "a PIL image, a uint8 [H, W, 3] array or a file path",
+    "audio": "a float array of samples (with 'sampling_rate'), or a WAV file path",
+    "video": "a list of PIL images or a uint8 [F, H, W, 3] array of frames (with 'fps')",
+}
 
-    An item holds its image under `"image"` (a PIL image, a uint8 array or a file path), or a
-    local file under `"path"` or `"url"`, as transformers' processors accept.
+
+def media_in(messages: Sequence[Mapping[str, Any]], kind: str) -> list[Any]:
+    """What a conversation's `{"type": kind}` content items hold, in prompt order.
+
+    `kind` is "image", "audio" or "video". An item holds its content under its kind's key (for
+    "image", a PIL image, a uint8 array or a file path), or a local file under `"path"` or
+    `"url"`, as transformers' processors accept. An audio array comes back as
+    `(samples, sampling_rate)` (16 kHz when the item names no `"sampling_rate"`), a video as
+    `(frames, fps)` (fps None when the item names none).
     """
     found: list[Any] = []
     for m, message in enumerate(messages):
@@ -354,21 +365,23 @@ def images_in(messages: Sequence[Mapping[str, Any]]) -> list[Any]:
         if isinstance(content, (str, bytes)) or not isinstance(content, Sequence):
             continue
         for i, item in enumerate(content):
-            if not isinstance(item, Mapping) or item.get("type") != "image":
+            if not isinstance(item, Mapping) or item.get("type") != kind:
                 continue
             where = f"messages[{m}]['content'][{i}]"
-            image = next(
-                (item[k] for k in ("image", "path", "url") if item.get(k) is not None), None
-            )
-            if image is None:
+            value = next((item[k] for k in (kind, "path", "url") if item.get(k) is not None), None)
+            if value is None:
                 raise ChatTemplateError(
-                    f"{where} is an image item without its image; add 'image': a PIL image, a "
-                    "uint8 [H, W, 3] array or a file path."
+                    f"{where} is a{'n' if kind[0] in 'aei' else ''} {kind} item without its "
+                    f"{kind}; add '{kind}': {_MEDIA_HINTS[kind]}."
                 )
-            if isinstance(image, str) and image.startswith(("http://", "https://")):
+            if isinstance(value, str) and value.startswith(("http://", "https://")):
                 raise ChatTemplateError(
-                    f"{where} names a URL ({image}); this package reads local files only. "
-                    "Download the image and pass its path."
+                    f"{where} names a URL ({value}); this package reads local files only. "
+                    f"Download the {kind} and pass its path."
                 )
-            found.append(image)
+            if kind == "audio" and not isinstance(value, (str, PathLike)):
+                value = (value, int(item.get("sampling_rate", 16_000)))
+            elif kind == "video":
+                value = (value, item.get("fps"))
+            found.append(value)
     return found

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError
+from .compressed import QuantizationConfig
+from .errors import CheckpointError, ConfigError
+from .int4 import QuantizedLinear, unpack_ref
+from .linear import Linear, widen
 
 #: safetensors dtype tag -> how NumPy stores it. bfloat16 is kept as its raw 16 bits.
 _DTYPES: dict[str, np.dtype] = {
@@ -317,3 +320,93 @@ def write_safetensors(
         for name, (_tag, arr) in tensors.items():
             w.write(name, arr)
     return w.nbytes
+
+
+# --- typed access by name ------------------------------------------------------------------------
+
+#: safetensors dtype -> the tag `linear.widen` reads
+DTYPE_TAGS = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
+
+
+class TensorSource:
+    """Fetches a checkpoint's tensors by their name below `prefix` (the decoder's
+    `model.language_model.`, the towers' `model.`), checking shape and dtype; linear weights
+    come back as :class:`Linear` or, when stored packed, :class:`QuantizedLinear`."""
+
+    def __init__(self, ckpt: Checkpoint, prefix: str, quant: QuantizationConfig | None):
+        self.ckpt = ckpt
+        self.prefix = prefix
+        self.quant = quant
+
+    def _full(self, name: str) -> str:
+        return self.prefix + name
+
+    def has(self, name: str) -> bool:
+        return self._full(name) in self.ckpt
+
+    def raw(self, name: str, shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
+        full = self._full(name)
+        arr = self.ckpt.array(full, shape)
+        tag = DTYPE_TAGS.get(self.ckpt.info(full).dtype)
+        if tag is None:
+            raise CheckpointError(
+                f"tensor '{full}' is stored as {self.ckpt.info(full).dtype}; a dense Gemma 4 "
+                "weight must be BF16, F16 or F32."
+            )
+        return arr, tag
+
+    def linear(self, name: str, out_f: int, in_f: int) -> Linear | QuantizedLinear:
+        full = self._full(name)
+        if full + ".weight_packed" in self.ckpt:
+            return self._quantized(full, out_f, in_f)
+        arr, tag = self.raw(name + ".weight", (out_f, in_f))
+        return Linear(arr, tag, full)
+
+    def _quantized(self, full: str, out_f: int, in_f: int) -> QuantizedLinear:
+        """A compressed-tensors packed weight, left packed."""
+        ck = self.ckpt
+        if self.quant is None:
+            raise ConfigError(
+                f"tensor '{full}.weight_packed' is quantized, but {ck.folder / 'config.json'} has "
+                "no quantization_config to say how. Copy the checkpoint's config.json."
+            )
+        args = self.quant.scheme_for(full)
+        if args is None:
+            raise ConfigError(
+                f"{self.quant.source}: '{full}' is stored packed, but no config group of "
+                "quantization_config targets it (or its ignore list names it)."
+            )
+        group = args.group_size or in_f
+        bits = args.num_bits
+        if in_f % group or (in_f * bits) % 32:
+            raise ConfigError(
+                f"{self.quant.source}: '{full}' has {in_f} inputs, which group size {group} "
+                f"and {bits}-bit packing do not divide; this layout is not supported."
+            )
+        packed = ck.array(full + ".weight_packed", (out_f, in_f * bits // 32))
+        if ck.info(full + ".weight_packed").dtype != "I32":
+            raise CheckpointError(f"tensor '{full}.weight_packed' must be int32.")
+        if full + ".weight_shape" in ck:
+            shape = [int(v) for v in ck.array(full + ".weight_shape")]
+            if shape != [out_f, in_f]:
+                raise CheckpointError(
+                    f"tensor '{full}.weight_shape' says {shape}, but config.json implies "
+                    f"{[out_f, in_f]}. The config and weights do not match."
+                )
+        scale = ck.array(full + ".weight_scale", (out_f, in_f // group))
+        scale_dtype = DTYPE_TAGS.get(ck.info(full + ".weight_scale").dtype)
+        if scale_dtype is None:
+            raise CheckpointError(f"tensor '{full}.weight_scale' must be BF16, F16 or F32.")
+        if scale_dtype == "f16":  # the kernels read bf16 bits or float32
+            scale = scale.astype(np.float32)
+        zero = None
+        if not args.symmetric:
+            rows = -(-out_f * bits // 32)
+            zp = ck.array(full + ".weight_zero_point", (rows, in_f // group))
+            zero = unpack_ref(np.ascontiguousarray(zp), bits, out_f, axis=0)
+        return QuantizedLinear(packed, scale, scale_dtype, zero, args, (out_f, in_f), full)
+
+    def vector(self, name: str, size: int) -> np.ndarray:
+        """Small tensors (norm weights, scales) are widened once to float32."""
+        arr, tag = self.raw(name, (size,))
+        return np.ascontiguousarray(widen(arr, tag))

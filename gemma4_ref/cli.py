@@ -4,6 +4,7 @@
     gemma4-ref generate --prompt "Describe this image:" --image photo.jpg
     gemma4-ref chat --think
     gemma4-ref chat --image photo.jpg --message "What is in it?"
+    gemma4-ref chat --audio clip.wav --message "Transcribe this."
     gemma4-ref verify --model path/to/checkpoint
     gemma4-ref quantize --model path/to/checkpoint --out path/to/checkpoint-w4a16
 
@@ -73,8 +74,11 @@ def cmd_generate(a: argparse.Namespace) -> int:
     bos = [model.config.bos_token_id] if model.config.bos_token_id is not None else []
     prompt = a.prompt
     images = a.image or None
+    audio = a.audio or None
+    # No placeholder written: the media come first, as in Gemma 4's model card examples.
+    if audio and "<|audio|>" not in prompt:
+        prompt = "<|audio|>" * len(audio) + prompt
     if images and "<|image|>" not in prompt:
-        # no placeholder written: the images come first, as in Gemma 4's model card examples
         prompt = "<|image|>" * len(images) + prompt
     ids = bos + tok.encode(prompt)
     decoder = StreamDecoder(tok, skip_special_tokens=True)
@@ -83,7 +87,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     first = None
     n = 0
-    for token in model.stream(ids, images=images, **_sampling(a)):
+    for token in model.stream(ids, images=images, audio=audio, **_sampling(a)):
         if first is None:
             first = time.perf_counter()
         n += 1
@@ -158,9 +162,10 @@ def cmd_chat(a: argparse.Namespace) -> int:
         else:
             return 0
         content: str | list[dict] = text
-        if a.image and not any(m["role"] == "user" for m in messages):
-            # the images belong to the first user turn
-            content = [{"type": "image", "path": path} for path in a.image]
+        if (a.image or a.audio) and not any(m["role"] == "user" for m in messages):
+            # the images and clips belong to the first user turn
+            content = [{"type": "image", "path": path} for path in a.image or []]
+            content += [{"type": "audio", "path": path} for path in a.audio or []]
             content.append({"type": "text", "text": text})
         messages.append({"role": "user", "content": content})
         printer = _ChannelPrinter(show_thinking=a.think)
@@ -229,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="an image file (repeatable); it fills a <|image|> in the prompt, else goes first",
     )
+    g.add_argument(
+        "--audio",
+        action="append",
+        help="a 16 kHz WAV file (repeatable); it fills a <|audio|> in the prompt, else goes first",
+    )
     _sampling_args(g)
     g.set_defaults(func=cmd_generate)
 
@@ -241,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--image", action="append", help="an image file for the first user turn (repeatable)"
+    )
+    c.add_argument(
+        "--audio", action="append", help="a 16 kHz WAV file for the first user turn (repeatable)"
     )
     _sampling_args(c)
     c.set_defaults(func=cmd_chat)

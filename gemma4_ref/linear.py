@@ -12,10 +12,15 @@ a tile of rows at a time and hands it to BLAS.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
+
+if TYPE_CHECKING:
+    from .int4 import QuantizedLinear
 
 # Rows widened per BLAS call in the prefill path: about 16 MB of float32 at a time.
 _TILE_FLOATS = 4 * 1024 * 1024
@@ -191,3 +196,25 @@ class Linear:
 def numba_threads() -> int:
     """How many threads the kernels use (Numba's pool; NUMBA_NUM_THREADS sets it)."""
     return numba.get_num_threads()
+
+
+class ClippedLinear:
+    """`clamp(W clamp(x, in_min, in_max), out_min, out_max)`; a plain linear without bounds.
+
+    (transformers `Gemma4ClippableLinear`; the bounds are 0-d tensors in the checkpoint.)
+    """
+
+    def __init__(
+        self,
+        linear: Linear | QuantizedLinear,
+        bounds: tuple[np.float32, np.float32, np.float32, np.float32] | None,
+    ):
+        self.linear = linear
+        self.bounds = bounds
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """# [S, in] -> [S, out]"""
+        if self.bounds is None:
+            return self.linear(x)
+        in_min, in_max, out_min, out_max = self.bounds
+        return np.clip(self.linear(np.clip(x, in_min, in_max)), out_min, out_max)

@@ -31,113 +31,35 @@ from typing import Any
 import numpy as np
 
 from .attention import KVCache, attention, attention_probs
-from .chat import ChatTemplate, Response, images_in, parse_response
-from .checkpoint import Checkpoint
+from .audio import AudioTower, audio_config_from_dict
+from .audio_features import AudioFeatures, load_waveform, log_mel_features
+from .chat import ChatTemplate, Response, media_in, parse_response
+from .checkpoint import DTYPE_TAGS, Checkpoint, TensorSource
 from .compressed import QuantizationConfig
 from .config import LayerSpec, TextConfig, load_json, load_text_config
 from .errors import CheckpointError, ConfigError, InputError
 from .image import ProcessedImage, default_soft_tokens, process_image
-from .int4 import QuantizedLinear, unpack_ref
 from .linear import Linear, widen
 from .mlp import GatedMLP
 from .moe import Experts, route
-from .multimodal import PlaceholderIds, expand_images, last_visible, merge_soft_tokens
+from .multimodal import (
+    PlaceholderIds,
+    expand_placeholders,
+    merge_soft_tokens,
+    vision_block_bounds,
+    wrapped,
+)
 from .norm import rms_norm
 from .ple import PerLayerEmbeddings, PerLayerGate
 from .rope import apply_rope, cos_sin, inv_freq
 from .sampling import Sampling, next_token
 from .tokenizer import StreamDecoder, Tokenizer
+from .unified import UnifiedFrontEnd, process_unified_image, waveform_frames
+from .video import VIDEO_SOFT_TOKENS, ProcessedVideo, process_video
 from .vision import VisionTower, vision_config_from_dict
 
 #: Where the embedded default model lives, relative to the repository root.
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "gemma4-tiny"
-
-_DTYPE_TAGS = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
-
-
-# --- weights -----------------------------------------------------------------------------------
-
-
-class _Weights:
-    """Fetches tensors by their decoder-relative name, checking shape and dtype."""
-
-    def __init__(self, ckpt: Checkpoint, prefix: str, quant: QuantizationConfig | None):
-        self.ckpt = ckpt
-        self.prefix = prefix
-        self.quant = quant
-
-    def _full(self, name: str) -> str:
-        return self.prefix + name
-
-    def has(self, name: str) -> bool:
-        return self._full(name) in self.ckpt
-
-    def raw(self, name: str, shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
-        full = self._full(name)
-        arr = self.ckpt.array(full, shape)
-        tag = _DTYPE_TAGS.get(self.ckpt.info(full).dtype)
-        if tag is None:
-            raise CheckpointError(
-                f"tensor '{full}' is stored as {self.ckpt.info(full).dtype}; a dense Gemma 4 "
-                "weight must be BF16, F16 or F32."
-            )
-        return arr, tag
-
-    def linear(self, name: str, out_f: int, in_f: int) -> Linear | QuantizedLinear:
-        full = self._full(name)
-        if full + ".weight_packed" in self.ckpt:
-            return self._quantized(full, out_f, in_f)
-        arr, tag = self.raw(name + ".weight", (out_f, in_f))
-        return Linear(arr, tag, full)
-
-    def _quantized(self, full: str, out_f: int, in_f: int) -> QuantizedLinear:
-        """A compressed-tensors packed weight, left packed."""
-        ck = self.ckpt
-        if self.quant is None:
-            raise ConfigError(
-                f"tensor '{full}.weight_packed' is quantized, but {ck.folder / 'config.json'} has "
-                "no quantization_config to say how. Copy the checkpoint's config.json."
-            )
-        args = self.quant.scheme_for(full)
-        if args is None:
-            raise ConfigError(
-                f"{self.quant.source}: '{full}' is stored packed, but no config group of "
-                "quantization_config targets it (or its ignore list names it)."
-            )
-        group = args.group_size or in_f
-        bits = args.num_bits
-        if in_f % group or (in_f * bits) % 32:
-            raise ConfigError(
-                f"{self.quant.source}: '{full}' has {in_f} inputs, which group size {group} "
-                f"and {bits}-bit packing do not divide; this layout is not supported."
-            )
-        packed = ck.array(full + ".weight_packed", (out_f, in_f * bits // 32))
-        if ck.info(full + ".weight_packed").dtype != "I32":
-            raise CheckpointError(f"tensor '{full}.weight_packed' must be int32.")
-        if full + ".weight_shape" in ck:
-            shape = [int(v) for v in ck.array(full + ".weight_shape")]
-            if shape != [out_f, in_f]:
-                raise CheckpointError(
-                    f"tensor '{full}.weight_shape' says {shape}, but config.json implies "
-                    f"{[out_f, in_f]}. The config and weights do not match."
-                )
-        scale = ck.array(full + ".weight_scale", (out_f, in_f // group))
-        scale_dtype = _DTYPE_TAGS.get(ck.info(full + ".weight_scale").dtype)
-        if scale_dtype is None:
-            raise CheckpointError(f"tensor '{full}.weight_scale' must be BF16, F16 or F32.")
-        if scale_dtype == "f16":  # the kernels read bf16 bits or float32
-            scale = scale.astype(np.float32)
-        zero = None
-        if not args.symmetric:
-            rows = -(-out_f * bits // 32)
-            zp = ck.array(full + ".weight_zero_point", (rows, in_f // group))
-            zero = unpack_ref(np.ascontiguousarray(zp), bits, out_f, axis=0)
-        return QuantizedLinear(packed, scale, scale_dtype, zero, args, (out_f, in_f), full)
-
-    def vector(self, name: str, size: int) -> np.ndarray:
-        """Small tensors (norm weights, scales) are widened once to float32."""
-        arr, tag = self.raw(name, (size,))
-        return np.ascontiguousarray(widen(arr, tag))
 
 
 # --- looking inside ---------------------------------------------------------------------------
@@ -181,13 +103,16 @@ class _MoE:
 class DecoderLayer:
     """One Gemma 4 decoder layer; see the module docstring for its dataflow."""
 
-    def __init__(self, spec: LayerSpec, cfg: TextConfig, w: _Weights):
+    def __init__(self, spec: LayerSpec, cfg: TextConfig, w: TensorSource):
         i, H, hd = spec.index, cfg.hidden_size, spec.head_dim
         p = f"layers.{i}."
         self.spec = spec
         self.eps = cfg.rms_norm_eps
         self.n_heads = cfg.num_attention_heads
         self.window = cfg.sliding_window if spec.is_sliding else 0
+        # Where image blocks open the mask: Gemma 4 on sliding layers, inside the window; the
+        # unified 12B on every layer, past the window (see attention.py).
+        self.blocks_everywhere = cfg.model_type.startswith("gemma4_unified")
         self.input_norm = w.vector(p + "input_layernorm.weight", H)
         self.post_attn_norm = w.vector(p + "post_attention_layernorm.weight", H)
         self.pre_ff_norm = w.vector(p + "pre_feedforward_layernorm.weight", H)
@@ -230,15 +155,19 @@ class DecoderLayer:
         cache: KVCache,
         shared: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
         trace: Trace | None = None,
-        q_last: np.ndarray | None = None,
+        blocks: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
-        """Self-attention; `q_last` opens image blocks (see attention.py).
+        """Self-attention; `blocks` (each position's first and last block position, from
+        `multimodal.vision_block_bounds`) opens image blocks (see attention.py).
 
-        # h [S, H] (normed), pos [S], q_last [S] -> [S, H]
+        # h [S, H] (normed), pos [S], blocks ([S], [S]) -> [S, H]
         """
         S, hd = h.shape[0], self.spec.head_dim
-        # Gemma 4 lets image tokens see each other on sliding layers only; global ones stay causal.
-        q_last = q_last if self.spec.is_sliding else None
+        q_first = q_last = None
+        if blocks is not None and (self.spec.is_sliding or self.blocks_everywhere):
+            first, q_last = blocks
+            if self.blocks_everywhere and self.window:
+                q_first = np.minimum(pos - self.window + 1, first)
         cos, sin = rope
         q = self.q_proj(h).reshape(S, self.n_heads, hd)
         q = apply_rope(rms_norm(q, self.q_norm, self.eps), cos, sin)
@@ -253,9 +182,11 @@ class DecoderLayer:
             keys, values, k_pos = cache.layers[self.spec.index].extend(k, v, pos)
             # Later consumers of this layer type read the last producer's keys and values.
             shared[self.spec.layer_type] = (keys, values, k_pos)
-        o = attention(q, keys, values, pos, k_pos, self.window, q_last)
+        o = attention(q, keys, values, pos, k_pos, self.window, q_last, q_first)
         if trace is not None:
-            trace.attention.append(attention_probs(q, keys, pos, k_pos, self.window, q_last))
+            trace.attention.append(
+                attention_probs(q, keys, pos, k_pos, self.window, q_last, q_first)
+            )
             trace.key_positions.append(k_pos)
         return self.o_proj(o.reshape(S, self.n_heads * hd))
 
@@ -277,10 +208,10 @@ class DecoderLayer:
             )
         return rms_norm(h, self.post_ff_norm, self.eps)
 
-    def __call__(self, x, pos, rope, cache, shared, per_layer_input, trace=None, q_last=None):
+    def __call__(self, x, pos, rope, cache, shared, per_layer_input, trace=None, blocks=None):
         """# x [S, H] -> [S, H]"""
         h = self.attend(
-            rms_norm(x, self.input_norm, self.eps), pos, rope, cache, shared, trace, q_last
+            rms_norm(x, self.input_norm, self.eps), pos, rope, cache, shared, trace, blocks
         )
         x = x + rms_norm(h, self.post_attn_norm, self.eps)
         x = x + self.feed_forward(x, trace)
@@ -295,7 +226,7 @@ class DecoderLayer:
         return x
 
 
-def _load_moe(p: str, cfg: TextConfig, w: _Weights) -> _MoE:
+def _load_moe(p: str, cfg: TextConfig, w: TensorSource) -> _MoE:
     H, E, inter = cfg.hidden_size, cfg.num_experts, cfg.moe_intermediate_size
     experts = w.prefix + p + "experts."
     if any(n.startswith(experts) and "packed" in n for n in w.ckpt.tensors):
@@ -345,7 +276,7 @@ class Model:
 
         ckpt = Checkpoint(path)
         self.checkpoint = ckpt
-        w = _Weights(ckpt, ckpt.text_prefix(), quant)
+        w = TensorSource(ckpt, ckpt.text_prefix(), quant)
         for name in ("embed_tokens", "embed_tokens_per_layer"):
             if w.has(name + ".weight_packed"):
                 raise ConfigError(
@@ -366,7 +297,7 @@ class Model:
         else:
             lm = "lm_head.weight"
             arr = ckpt.array(lm, (V, H))
-            self.head = Linear(arr, _DTYPE_TAGS.get(ckpt.info(lm).dtype, "f32"), lm)
+            self.head = Linear(arr, DTYPE_TAGS.get(ckpt.info(lm).dtype, "f32"), lm)
         self.ple = None
         if cfg.has_ple:
             L, P = cfg.num_hidden_layers, cfg.hidden_size_per_layer_input
@@ -393,14 +324,39 @@ class Model:
         self.chat_template: ChatTemplate | None = ChatTemplate.from_dir(path)
         self.placeholders = PlaceholderIds.from_config(raw)
         self.max_soft_tokens = default_soft_tokens(path)
+        # The encoders: Gemma 4's vision and audio towers, or the unified 12B's projections.
+        # A checkpoint saved without them (text weights only) loads as a text model.
         self.vision: VisionTower | None = None
-        # The unified 12B has no tower (its images are projected patches, not implemented).
-        vision_cfg = None
+        self.audio: AudioTower | None = None
+        self.unified: UnifiedFrontEnd | None = None
+        self._audio_error: ConfigError | None = None
+        source = str(path / "config.json")
         if raw.get("model_type") == "gemma4":
-            vision_cfg = vision_config_from_dict(raw, str(path / "config.json"))
-        if vision_cfg is not None and "model.vision_tower.patch_embedder.input_proj.weight" in ckpt:
-            say("vision tower")
-            self.vision = VisionTower(vision_cfg, H, _Weights(ckpt, "model.", quant))
+            towers = TensorSource(ckpt, "model.", quant)
+            vision_cfg = vision_config_from_dict(raw, source)
+            if vision_cfg is not None and towers.has(
+                "vision_tower.patch_embedder.input_proj.weight"
+            ):
+                say("vision tower")
+                self.vision = VisionTower(vision_cfg, H, towers)
+            if isinstance(raw.get("audio_config"), dict) and towers.has(
+                "audio_tower.output_proj.weight"
+            ):
+                # A tower this code cannot run (transformers builds, but cannot run, one whose
+                # first conv is not 128 channels wide) must not stop the text model loading:
+                # the error waits for the first clip.
+                try:
+                    cfg_audio = audio_config_from_dict(raw, source)
+                except ConfigError as e:
+                    self._audio_error = e
+                else:
+                    say("audio tower")
+                    self.audio = AudioTower(cfg_audio, towers)
+        elif raw.get("model_type") == "gemma4_unified" and any(
+            n.startswith(("model.vision_embedder.", "model.embed_vision.")) for n in ckpt.tensors
+        ):
+            say("unified front end")
+            self.unified = UnifiedFrontEnd.load(ckpt)
 
     # -- bookkeeping --
 
@@ -449,25 +405,26 @@ class Model:
         cache: KVCache,
         last_only: bool,
         trace: Trace | None = None,
-        soft: np.ndarray | None = None,
+        soft: dict[int, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Run tokens through the decoder, appending to `cache`.
 
         With `last_only`, the KV-consumer layers (and the head) run on the last position
         alone: nothing later reads those layers' states at earlier positions, so this is exact.
-        `soft` holds the soft tokens of the images whose placeholders are in `ids`.
-        # ids [S], soft [n, H] -> logits [S or 1, V]
+        `soft` maps a placeholder id to the soft tokens of the items whose placeholders are in
+        `ids` (see :meth:`soft_tokens`).
+        # ids [S], soft {id: [n, H]} -> logits [S or 1, V]
         """
         cfg = self.config
         S = ids.size
         pos = np.arange(cache.length, cache.length + S, dtype=np.int64)
         token_ids = self.placeholders.embedding_ids(ids, cfg.pad_token_id or 0)
         x = widen(self.embed_table[token_ids], self.embed_dtype) * self.embed_scale
-        q_last = None
-        if soft is not None:
+        blocks = None
+        if soft:
             x = merge_soft_tokens(x, ids, soft, self.placeholders)
             if cfg.use_bidirectional_attention == "vision":
-                q_last = last_visible(pos, ids, self.placeholders)
+                blocks = vision_block_bounds(pos, ids, self.placeholders)
         per_layer = self.ple(token_ids, x) if self.ple is not None else None
         if trace is not None:
             trace.per_layer_inputs = per_layer
@@ -478,9 +435,9 @@ class Model:
                 x, pos = x[-1:], pos[-1:]
                 per_layer = per_layer[-1:] if per_layer is not None else None
                 ropes = {t: (c[-1:], s[-1:]) for t, (c, s) in ropes.items()}
-                q_last = q_last[-1:] if q_last is not None else None
+                blocks = (blocks[0][-1:], blocks[1][-1:]) if blocks is not None else None
             pli = per_layer[:, layer.spec.index] if per_layer is not None else None
-            x = layer(x, pos, ropes[layer.spec.layer_type], cache, shared, pli, trace, q_last)
+            x = layer(x, pos, ropes[layer.spec.layer_type], cache, shared, pli, trace, blocks)
         cache.length += S
         if last_only:
             x = x[-1:]
@@ -495,19 +452,19 @@ class Model:
         last_only: bool = True,
         images: Sequence[Any] | None = None,
         max_soft_tokens: int | None = None,
+        audio: Sequence[Any] | None = None,
+        videos: Sequence[Any] | None = None,
     ) -> np.ndarray:
         """Feed tokens that continue `cache` (a prompt, or one new token) and return logits.
 
-        With `images`, `ids` are already expanded: each image is `<|image>`, n x `<|image|>`,
-        `<image|>` with n its soft-token count (see :meth:`generate` for the short form). An
-        image block must lie within one call.
+        With `images` or `audio`, `ids` are already expanded: each image is `<|image>`, n x
+        `<|image|>`, `<image|>` and each clip `<|audio>`, n x `<|audio|>`, `<audio|>`, with n its
+        soft-token count (see :meth:`generate` for the short form). An item must lie within
+        one call.
         # ids [S] -> [1, vocab] (last_only) or [S, vocab]
         """
         arr = self._check_ids(ids, cache.length)
-        soft = None
-        if images is not None:
-            rows = self.image_features(images, max_soft_tokens)
-            soft = np.concatenate(rows) if rows else np.zeros((0, self.config.hidden_size))
+        soft = self.soft_tokens(images, audio, max_soft_tokens, videos)
         return self._run(arr, cache, last_only, soft=soft)
 
     def forward(
@@ -515,37 +472,45 @@ class Model:
         ids: Sequence[int] | np.ndarray,
         images: Sequence[Any] | None = None,
         max_soft_tokens: int | None = None,
+        audio: Sequence[Any] | None = None,
+        videos: Sequence[Any] | None = None,
     ) -> np.ndarray:
         """Logits for every position of a fresh prefill (`ids` expanded, as for :meth:`step`).
 
         # [S] int -> [S, vocab] float32
         """
-        return self.step(ids, self.new_cache(), False, images, max_soft_tokens)
+        return self.step(ids, self.new_cache(), False, images, max_soft_tokens, audio, videos)
 
-    # -- images --
+    # -- images and audio --
+
+    def _no_encoder(self, what: str) -> InputError:
+        return InputError(
+            f"{self.path / 'config.json'} describes no encoder for {what} (no "
+            f"{'vision_config' if what == 'images' else 'audio_config'}, or no tower tensors in "
+            f"the checkpoint), so this model cannot take {what}. Gemma 4 E2B/E4B take images "
+            "and audio; 26B-A4B and 31B images only; 12B images and audio."
+        )
 
     def process_images(
         self, images: Sequence[Any], max_soft_tokens: int | None = None
     ) -> list[ProcessedImage]:
         """Resize and patchify images (PIL images, file paths or uint8 [H, W, 3] arrays) for
-        this model's vision tower; :class:`ProcessedImage` items pass through unchanged.
+        this model's vision tower (16-px patches) or unified front end (48-px patches);
+        :class:`ProcessedImage` items pass through unchanged.
 
         `max_soft_tokens` (70, 140, 280, 560 or 1120) defaults to the checkpoint's processor
         config, else 280.
         """
-        if self.vision is None:
-            raise InputError(
-                f"{self.path / 'config.json'} describes no Gemma 4 vision tower (no vision_config "
-                "or no model.vision_tower.* tensors), so this model cannot take images. The "
-                "unified 12B's encoder-free image path is not implemented yet."
-            )
+        if self.vision is None and self.unified is None:
+            raise self._no_encoder("images")
         if not isinstance(images, (list, tuple)):
             raise InputError(
                 f"images must be a list (one entry per image), got {type(images).__name__}."
             )
         budget = max_soft_tokens or self.max_soft_tokens
+        process = process_image if self.unified is None else process_unified_image
         return [
-            im if isinstance(im, ProcessedImage) else process_image(im, budget, f"images[{i}]")
+            im if isinstance(im, ProcessedImage) else process(im, budget, f"images[{i}]")
             for i, im in enumerate(images)
         ]
 
@@ -557,7 +522,146 @@ class Model:
         # n images -> n x [n_i, H]
         """
         processed = self.process_images(images, max_soft_tokens)
-        return [self.vision(p.patches, p.positions, p.name) for p in processed]
+        embed = self.vision if self.unified is None else self.unified.vision
+        return [embed(p.patches, p.positions, p.name) for p in processed]
+
+    def process_audio(self, audio: Sequence[Any]) -> list[AudioFeatures | np.ndarray]:
+        """Clips ready for this model: log-mel :class:`AudioFeatures` for an audio tower
+        (E2B/E4B), 640-sample frames [n, 640] for the unified 12B.
+
+        Each clip is a 1-D float array of 16 kHz samples, a `(samples, sampling_rate)` pair
+        or a WAV file path. What this returns passes through unchanged: :class:`AudioFeatures`
+        on a tower, [n, 640] frame arrays on the 12B.
+        """
+        unified_audio = self.unified.audio if self.unified is not None else None
+        if self._audio_error is not None:
+            raise self._audio_error
+        if self.audio is None and unified_audio is None:
+            raise self._no_encoder("audio")
+        if not isinstance(audio, (list, tuple)):
+            raise InputError(
+                f"audio must be a list (one entry per clip), got {type(audio).__name__}."
+            )
+        clips: list[AudioFeatures | np.ndarray] = []
+        for i, item in enumerate(audio):
+            if (isinstance(item, AudioFeatures) and self.audio is not None) or (
+                unified_audio is not None
+                and isinstance(item, np.ndarray)
+                and item.ndim == 2
+                and item.shape[1] == unified_audio.frame
+            ):
+                clips.append(item)
+                continue
+            x, rate = load_waveform(item, f"audio[{i}]")
+            if unified_audio is not None:
+                clips.append(waveform_frames(x, rate, unified_audio.frame))
+            else:
+                clips.append(log_mel_features(x, rate))
+        return clips
+
+    def audio_features(self, audio: Sequence[Any]) -> list[np.ndarray]:
+        """Each clip's soft tokens in the text width (transformers `get_audio_features`, the
+        padding stripped).  # n clips -> n x [n_i, H]"""
+        clips = self.process_audio(audio)
+        if self.audio is not None:
+            return [self.audio(c.features, c.mask) for c in clips]
+        return [self.unified.audio(c) for c in clips]
+
+    def process_videos(
+        self, videos: Sequence[Any], max_soft_tokens: int | None = None
+    ) -> list[ProcessedVideo]:
+        """Sample and process videos: each a `(frames, fps)` pair or bare frames (a list of
+        PIL images or a uint8 [F, H, W, 3] array, taken at 24 fps as transformers does); see
+        `video.py`. :class:`ProcessedVideo` items pass through unchanged."""
+        if self.vision is None and self.unified is None:
+            raise self._no_encoder("videos")
+        if not isinstance(videos, (list, tuple)):
+            raise InputError(
+                f"videos must be a list (one entry per video), got {type(videos).__name__}."
+            )
+        out = []
+        for i, v in enumerate(videos):
+            if not isinstance(v, ProcessedVideo):
+                frames, fps = v if isinstance(v, tuple) else (v, None)
+                budget = max_soft_tokens or VIDEO_SOFT_TOKENS
+                v = process_video(frames, fps, budget, f"videos[{i}]", self.unified is not None)
+            out.append(v)
+        return out
+
+    def soft_tokens(
+        self,
+        images: Sequence[Any] | None = None,
+        audio: Sequence[Any] | None = None,
+        max_soft_tokens: int | None = None,
+        videos: Sequence[Any] | None = None,
+    ) -> dict[int, np.ndarray] | None:
+        """The soft tokens of every item, concatenated per kind and keyed by the placeholder
+        id they replace; None without items.  # -> {id: [n, H]}"""
+        soft = {}
+        H = self.config.hidden_size
+        t = self.placeholders
+        rows: list[np.ndarray] = []
+        if images is not None:
+            rows = self.image_features(images, max_soft_tokens)
+            soft[t.image] = np.concatenate(rows) if rows else np.zeros((0, H))
+        if audio is not None:
+            rows = self.audio_features(audio)
+            soft[t.audio] = np.concatenate(rows) if rows else np.zeros((0, H))
+        if videos is not None:
+            frames = [f for v in self.process_videos(videos, max_soft_tokens) for f in v.frames]
+            rows = self.image_features(frames)
+            soft[t.video] = np.concatenate(rows) if rows else np.zeros((0, H))
+        return soft or None
+
+    def expand_prompt(
+        self,
+        ids: Sequence[int] | np.ndarray,
+        images: Sequence[Any] | None = None,
+        audio: Sequence[Any] | None = None,
+        max_soft_tokens: int | None = None,
+        videos: Sequence[Any] | None = None,
+    ) -> tuple[np.ndarray, list[ProcessedImage] | None, list[Any] | None, list | None]:
+        """Give each `<|image|>`, `<|audio|>` and `<|video|>` of a short prompt (one per item,
+        as the chat template writes them) its run of placeholders, as transformers' processor
+        does. Returns the expanded ids and the processed images, clips and videos.
+
+        A video's frames are written `mm:ss <|image>` n x `<|video|>` `<image|>`, separated by
+        spaces; the timestamp text is tokenized on its own, which matches transformers'
+        text-level expansion wherever the text before `<|video|>` ends at a token boundary
+        (after a special token, a space or a newline, as chat templates write it).
+        # [S] -> [S'], images, clips, videos
+        """
+        prompt = np.asarray(ids, dtype=np.int64)
+        t = self.placeholders
+        processed = clips = vids = None
+        if images is not None or (prompt == t.image).any():
+            processed = self.process_images(images or [], max_soft_tokens)
+            runs = [wrapped(t.boi, t.image, p.num_soft_tokens, t.eoi) for p in processed]
+            prompt = expand_placeholders(prompt, runs, t.image, "image")
+        if audio is not None or (prompt == t.audio).any():
+            clips = self.process_audio(audio or [])
+            runs = [
+                wrapped(
+                    t.boa,
+                    t.audio,
+                    c.num_soft_tokens if isinstance(c, AudioFeatures) else len(c),
+                    t.eoa,
+                )
+                for c in clips
+            ]
+            prompt = expand_placeholders(prompt, runs, t.audio, "audio")
+        if videos is not None or (prompt == t.video).any():
+            vids = self.process_videos(videos or [], max_soft_tokens)
+            tok = self._need_tokenizer()
+            runs = []
+            for v in vids:
+                run: list[int] = []
+                for k, stamp in enumerate(v.timestamps):
+                    run += tok.encode((" " if k else "") + stamp + " ")
+                    run += wrapped(t.boi, t.video, v.num_soft_tokens, t.eoi)
+                runs.append(run)
+            prompt = expand_placeholders(prompt, runs, t.video, "video")
+        return prompt, processed, clips, vids
 
     def trace(self, ids: Sequence[int] | np.ndarray) -> Trace:
         """A fresh prefill that also records attention maps, expert choices, PLE updates and
@@ -581,13 +685,15 @@ class Model:
         cache: KVCache | None = None,
         images: Sequence[Any] | None = None,
         max_soft_tokens: int | None = None,
+        audio: Sequence[Any] | None = None,
+        videos: Sequence[Any] | None = None,
     ) -> Iterator[int]:
         """Yield new token ids one at a time; stops after an EOS id (which is yielded).
 
         Arguments left as None come from `generation_config.json`. With `cache`, `ids` continue
-        the tokens already in it (multi-turn chat). With `images`, `ids` hold one `<|image|>`
-        per image, as the chat template writes it; each is expanded to the image's soft tokens
-        here, as transformers' processor does.
+        the tokens already in it (multi-turn chat). With `images` or `audio`, `ids` hold one
+        `<|image|>` per image and one `<|audio|>` per clip, as the chat template writes them;
+        each is expanded to the item's soft tokens here (:meth:`expand_prompt`).
         """
         s = Sampling.resolve(self.generation_config, temperature, top_k, top_p, do_sample)
         if max_new_tokens is None:
@@ -596,15 +702,14 @@ class Model:
             raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
         cache = cache if cache is not None else self.new_cache()
         prompt = self._check_ids(ids, cache.length)
-        processed = None
-        if images is not None or (prompt == self.placeholders.image).any():
-            processed = self.process_images(images or [], max_soft_tokens)
-            counts = [p.num_soft_tokens for p in processed]
-            prompt = expand_images(prompt, counts, self.placeholders)
+        prompt, processed, clips, vids = self.expand_prompt(
+            prompt, images, audio, max_soft_tokens, videos
+        )
+        prompt = self._check_ids(prompt, cache.length)
         rng = np.random.default_rng(seed)
         if max_new_tokens == 0:
             return
-        logits = self.step(prompt, cache, images=processed)[-1]
+        logits = self.step(prompt, cache, images=processed, audio=clips, videos=vids)[-1]
         for n in range(max_new_tokens):
             token = next_token(logits, s, rng)
             yield token
@@ -626,12 +731,16 @@ class Model:
         on_token: Callable[[int], None] | None = None,
         images: Sequence[Any] | None = None,
         max_soft_tokens: int | None = None,
+        audio: Sequence[Any] | None = None,
+        videos: Sequence[Any] | None = None,
     ) -> list[int]:
         """Generate new tokens (greedy at temperature 0); returns only the new ids.
 
         `on_token` is called with each id as soon as it exists, for streaming output. `images`
         (PIL images, file paths, uint8 [H, W, 3] arrays or :class:`ProcessedImage`) fill the
-        prompt's `<|image|>` placeholders, one each, in order.
+        prompt's `<|image|>` placeholders, one each, in order; `audio` (16 kHz float arrays,
+        `(samples, sampling_rate)` pairs, WAV paths or :class:`AudioFeatures`) its `<|audio|>`
+        placeholders; `videos` (`(frames, fps)` pairs, see `video.py`) its `<|video|>` ones.
         """
         out = []
         for token in self.stream(
@@ -644,6 +753,8 @@ class Model:
             do_sample,
             images=images,
             max_soft_tokens=max_soft_tokens,
+            audio=audio,
+            videos=videos,
         ):
             out.append(token)
             if on_token is not None:
@@ -684,23 +795,37 @@ class Model:
     ) -> Response:
         """Answer a conversation; returns the thinking channel and the answer apart.
 
-        Content items `{"type": "image", "image": PIL image | array | path}` (or `"path"` /
-        `"url"` naming a local file) put images in the conversation.
+        Content items `{"type": "image", "image": PIL image | array | path}` and
+        `{"type": "audio", "audio": array | WAV path, "sampling_rate": int}` and
+        `{"type": "video", "video": frames, "fps": float}` (or `"path"` / `"url"` naming a
+        local image or WAV file) put images, sound and video in the conversation.
         """
         tok = self._need_tokenizer()
         prompt = self.render_chat(messages, enable_thinking)
-        images = images_in(messages) or None
+        images = media_in(messages, "image") or None
+        audio = media_in(messages, "audio") or None
+        videos = media_in(messages, "video") or None
         ids = tok.encode(prompt)
-        if images is not None and tok.token_to_id("<|image|>") != self.placeholders.image:
-            raise InputError(
-                f"{self.path}: the tokenizer's <|image|> is id {tok.token_to_id('<|image|>')} "
-                f"but config.json's image_token_id is {self.placeholders.image}; the tokenizer "
-                "and config come from different checkpoints."
-            )
+        for name, given, token in (
+            ("<|image|>", images, self.placeholders.image),
+            ("<|audio|>", audio, self.placeholders.audio),
+        ):
+            if given is not None and tok.token_to_id(name) != token:
+                raise InputError(
+                    f"{self.path}: the tokenizer's {name} is id {tok.token_to_id(name)} but "
+                    f"config.json names id {token}; the tokenizer and config come from "
+                    "different checkpoints."
+                )
         decoder = StreamDecoder(tok)
         out = []
         stream = self.stream(
-            ids, max_new_tokens, images=images, max_soft_tokens=max_soft_tokens, **sampling
+            ids,
+            max_new_tokens,
+            images=images,
+            max_soft_tokens=max_soft_tokens,
+            audio=audio,
+            videos=videos,
+            **sampling,
         )
         for t in stream:
             out.append(t)

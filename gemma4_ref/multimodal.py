@@ -1,22 +1,26 @@
-"""Putting soft tokens into the prompt: placeholders, their expansion, merging, and the image mask.
+"""Putting soft tokens into the prompt: placeholders, their expansion, merging, and the block mask.
 
-A prompt carries an image as placeholder ids (transformers 5.24, `Gemma4Processor` and
-`Gemma4Model.forward`):
+A prompt carries images, video frames and audio clips as placeholder ids (transformers 5.24,
+`Gemma4Processor` and `Gemma4Model.forward`; the unified 12B's processor and model do the same):
 
-* the chat template writes one `<|image|>` per image; the processor expands it to
-  `<|image>`, n x `<|image|>`, `<image|>`, where n is that image's soft-token count;
+* the chat template writes one `<|image|>` per image and one `<|audio|>` per clip; the processor
+  expands each to a start token, n soft-token placeholders and an end token, where n is that
+  item's soft-token count (`<|image>` n x `<|image|>` `<image|>`, `<|audio>` n x `<|audio|>`
+  `<audio|>`; a video frame is `<|image>` n x `<|video|>` `<image|>`);
 * every multimodal placeholder (image, video, audio) is looked up as the **pad** token, for the
   main embedding and for the token part of the Per-Layer Embeddings alike;
-* the soft tokens then replace the image placeholders' rows, in order, unscaled (the
+* each kind's soft tokens then replace that kind's placeholder rows, in order, unscaled (the
   `sqrt(H)` scale applies to text embeddings only); the PLE context part is computed from these
   merged rows;
-* on models with `use_bidirectional_attention: "vision"`, each maximal run of image
-  placeholders is one block whose tokens see each other both ways on the sliding layers (see
-  `attention.py`); `<|image>` and `<image|>` stay causal.
+* on models with `use_bidirectional_attention: "vision"`, each maximal run of image or video
+  placeholders is one block whose tokens see each other both ways (see `attention.py`): on the
+  sliding layers only for Gemma 4, on every layer for the unified 12B. Start and end tokens,
+  text and audio stay causal.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,16 +38,18 @@ class PlaceholderIds:
     eoi: int = 258_882  # <image|>
     video: int = 258_884  # <|video|>
     audio: int = 258_881  # <|audio|>
+    boa: int = 256_000  # <|audio>
+    eoa: int = 258_883  # <audio|>
 
     @classmethod
     def from_config(cls, raw: dict[str, Any]) -> PlaceholderIds:
         if "text_config" not in raw:
             # A text-only checkpoint (`Gemma4ForCausalLM`) embeds every id as itself.
-            return cls(-1, -1, -1, -1, -1)
+            return cls(-1, -1, -1, -1, -1, -1, -1)
         d = cls()
 
-        def pick(field: str, key: str) -> int:
-            value = raw.get(key)
+        def pick(field: str, *keys: str) -> int:
+            value = next((raw[k] for k in keys if raw.get(k) is not None), None)
             return getattr(d, field) if value is None else int(value)
 
         return cls(
@@ -52,6 +58,9 @@ class PlaceholderIds:
             eoi=pick("eoi", "eoi_token_id"),
             video=pick("video", "video_token_id"),
             audio=pick("audio", "audio_token_id"),
+            boa=pick("boa", "boa_token_id"),
+            # transformers' Gemma4Config spells it eoa_token_index; the unified config, _id
+            eoa=pick("eoa", "eoa_token_id", "eoa_token_index"),
         )
 
     def embedding_ids(self, ids: np.ndarray, pad: int) -> np.ndarray:
@@ -59,56 +68,87 @@ class PlaceholderIds:
         return np.where(np.isin(ids, (self.image, self.video, self.audio)), pad, ids)
 
 
-def expand_images(ids: np.ndarray, counts: list[int], tokens: PlaceholderIds) -> np.ndarray:
-    """Replace the k-th `<|image|>` by `<|image>`, counts[k] x `<|image|>`, `<image|>`.
+def expand_placeholders(
+    ids: np.ndarray | Sequence[int],
+    replacements: Sequence[Sequence[int]],
+    placeholder: int,
+    what: str = "image",
+) -> np.ndarray:
+    """Replace the k-th `placeholder` id by `replacements[k]`, as the processor's
+    `replace_image_token`, `replace_audio_token` and `replace_video_token` do in the text
+    before tokenizing (the markers are special tokens, so expanding the ids gives the same
+    tokens; a video's timestamps are text, see `video.py`).
 
-    # [S] -> [S + sum(counts) + len(counts)]
+    # [S] -> [S - len(replacements) + sum(len(r) for r in replacements)]
     """
-    at = np.flatnonzero(ids == tokens.image)
-    if len(at) != len(counts):
+    ids = np.asarray(ids, dtype=np.int64)
+    at = np.flatnonzero(ids == placeholder)
+    if len(at) != len(replacements):
         raise InputError(
-            f"the prompt holds {len(at)} image placeholder(s) (<|image|>, id {tokens.image}) "
-            f"but {len(counts)} image(s) were given; write one <|image|> per image, in order "
-            "(a chat message's {'type': 'image'} item does this)."
+            f"the prompt holds {len(at)} {what} placeholder(s) (id {placeholder}) but "
+            f"{len(replacements)} {what}(s) were given; write one placeholder per {what}, in "
+            f"order (a chat message's {{'type': '{what}'}} item does this)."
         )
-    pieces, start = [], 0
-    for where, n in zip(at, counts, strict=True):
-        pieces += [ids[start:where], [tokens.boi], np.full(n, tokens.image), [tokens.eoi]]
-        start = where + 1
-    pieces.append(ids[start:])
+    pieces, pos = [], 0
+    for where, new in zip(at, replacements, strict=True):
+        pieces += [ids[pos:where], list(new)]
+        pos = where + 1
+    pieces.append(ids[pos:])
     return np.concatenate([np.asarray(p, dtype=np.int64) for p in pieces])
 
 
-def merge_soft_tokens(
-    x: np.ndarray, ids: np.ndarray, soft: np.ndarray, tokens: PlaceholderIds
-) -> np.ndarray:
-    """Write the soft tokens into the image placeholders' rows, in order.
+def wrapped(start: int, soft: int, n: int, end: int) -> list[int]:
+    """One item's run of placeholders: `start`, n x `soft`, `end`."""
+    return [start, *[soft] * n, end]
 
-    # x [S, H], ids [S], soft [n, H] -> [S, H]
+
+def merge_soft_tokens(
+    x: np.ndarray, ids: np.ndarray, soft: dict[int, np.ndarray], tokens: PlaceholderIds
+) -> np.ndarray:
+    """Write each kind's soft tokens into its placeholders' rows, in order.
+
+    `soft` maps a placeholder id (image, video or audio) to that kind's rows, all items
+    concatenated (transformers' `masked_scatter`, once per kind).
+    # x [S, H], ids [S], soft {id: [n, H]} -> [S, H]
     """
-    slots = ids == tokens.image
-    if int(slots.sum()) != len(soft):
-        raise InputError(
-            f"the ids hold {int(slots.sum())} image soft-token placeholders (id {tokens.image}) "
-            f"but the images make {len(soft)} soft tokens. Expand each image's <|image|> to "
-            "<|image>, n x <|image|>, <image|> with n = its num_soft_tokens (Model.generate and "
-            "Model.chat do this), or pass one image per block."
-        )
+    names = {tokens.image: "image", tokens.video: "video", tokens.audio: "audio"}
     out = x.copy()
-    out[slots] = soft
+    for token, rows in soft.items():
+        slots = ids == token
+        if int(slots.sum()) != len(rows):
+            raise InputError(
+                f"the ids hold {int(slots.sum())} {names.get(token, '')} soft-token placeholders "
+                f"(id {token}) but the inputs make {len(rows)} soft tokens. Expand each "
+                "placeholder to start, n x placeholder, end with n = that item's soft-token "
+                "count (Model.generate and Model.chat do this), and keep each item within one "
+                "call."
+            )
+        out[slots] = rows
     return out
 
 
-def last_visible(pos: np.ndarray, ids: np.ndarray, tokens: PlaceholderIds) -> np.ndarray:
-    """Each query's last visible key position: the end of its image block, else itself.
+def vision_blocks(ids: np.ndarray, tokens: PlaceholderIds) -> np.ndarray:
+    """Each position's image block: transformers' `get_block_sequence_ids_for_mask`.
 
-    A block is a maximal run of image placeholders, as transformers'
-    `get_block_sequence_ids_for_mask` finds them (two adjacent images form one block).
-    # pos [S], ids [S] -> [S]
+    Maximal runs of image or video placeholders are numbered 0, 1, ... in order (two adjacent
+    images form one block); every other position is -1.
+    # ids [S] -> [S] int64
     """
-    inside = ids == tokens.image
-    last = pos.copy()
-    edges = np.diff(np.concatenate([[0], inside.astype(np.int8), [0]]))
-    for start, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
-        last[start:end] = pos[end - 1]
-    return last
+    inside = np.isin(ids, (tokens.image, tokens.video))
+    starts = inside & ~np.concatenate([[False], inside[:-1]])
+    return np.where(inside, np.cumsum(starts) - 1, -1).astype(np.int64)
+
+
+def vision_block_bounds(
+    pos: np.ndarray, ids: np.ndarray, tokens: PlaceholderIds
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each position's first and last block position (:func:`vision_blocks`), else its own.
+
+    # pos [S], ids [S] -> first [S], last [S]
+    """
+    blocks = vision_blocks(ids, tokens)
+    first, last = pos.copy(), pos.copy()
+    for b in range(int(blocks.max(initial=-1)) + 1):
+        at = np.flatnonzero(blocks == b)
+        first[at], last[at] = pos[at[0]], pos[at[-1]]
+    return first, last

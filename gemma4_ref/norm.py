@@ -5,6 +5,9 @@ Gemma 4 (transformers 5.24 `Gemma4RMSNorm`) normalises in float32 with
 not the `x * (1 + w)` of Gemma 2 and 3. Checkpoint norm weights therefore hold the full
 multiplier (they are initialised to ones). Some norms have no weight at all: the value norm in
 every attention layer, and the MoE router's input norm.
+
+The encoders also use plain LayerNorm (mean removed, then variance), in NumPy: the audio tower's
+subsampler and the unified 12B's patch embedder.
 """
 
 from __future__ import annotations
@@ -50,3 +53,14 @@ def rms_norm(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.ndarray
     out = np.empty_like(flat)
     _rms_norm_rows(flat, _NO_WEIGHT if weight is None else weight, eps, out)
     return out.reshape(shape)
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm over the last axis with a weight and no bias (`nn.LayerNorm(bias=False)`, the
+    audio tower's subsampler); the unified 12B's LayerNorms add a bias afterwards.
+
+    # [..., C], [C] -> [..., C]
+    """
+    centred = x - x.mean(axis=-1, keepdims=True)
+    var = np.mean(centred * centred, axis=-1, keepdims=True)
+    return centred / np.sqrt(var + np.float32(eps)) * weight

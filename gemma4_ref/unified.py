@@ -24,13 +24,14 @@ There is no mel spectrogram and no downsampling.
 
 Neither kind of soft token is scaled by sqrt(H). In the prompt an image is `<|image>`,
 n x `<|image|>`, `<image|>` and a clip `<|audio>`, n x `<|audio|>`, `<audio|>`, with n the
-number of patches or frames (`multimodal.expand_images`, `audio_features.expand_audio_ids`).
+number of patches or frames (`multimodal.expand_placeholders`).
 
 **The image mask.** `Gemma4UnifiedModel.forward` hands transformers' `create_masks_for_generate`
-a `block_sequence_ids` built from `mm_token_type_ids` (:func:`vision_blocks`): every maximal run
-of image or video placeholders is one block, and a query sees every key of its own block in
-*both* directions, on sliding **and** full layers, whatever the sliding window says (the block
-overlay is OR-ed in after the window). Text, `<|image>`, `<image|>` and audio stay causal.
+a `block_sequence_ids` built from `mm_token_type_ids` (`multimodal.vision_blocks`): every
+maximal run of image or video placeholders is one block, and a query sees every key of its own
+block in *both* directions, on sliding **and** full layers, whatever the sliding window says
+(the block overlay is OR-ed in after the window). Text, `<|image>`, `<image|>` and audio stay
+causal.
 Without `mm_token_type_ids` the whole mask is causal. (The static-cache `generate` path uses the
 model's own `create_masks_for_generate` instead: bidirectional on sliding layers only, inside
 the window; this module follows the forward path.)
@@ -44,14 +45,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .attention import visible
-from .audio import layer_norm
 from .audio_features import SAMPLING_RATE
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, TensorSource
 from .config import _get, load_json
 from .errors import CheckpointError, ConfigError, InputError
 from .image import (
@@ -66,10 +66,7 @@ from .image import (
 )
 from .linear import Linear, widen
 from .multimodal import PlaceholderIds
-from .norm import rms_norm, rms_norm_ref
-
-if TYPE_CHECKING:
-    from .model import _Weights
+from .norm import layer_norm, rms_norm, rms_norm_ref
 
 #: `nn.LayerNorm`'s default eps, which the vision embedder's three LayerNorms keep.
 LAYER_NORM_EPS = 1e-5
@@ -277,7 +274,7 @@ _PROJECTION_NAMES = (
 )
 
 
-def _first_present(w: _Weights, names: tuple[str, ...], what: str) -> str:
+def _first_present(w: TensorSource, names: tuple[str, ...], what: str) -> str:
     for name in names:
         if w.has(name):
             return name
@@ -291,7 +288,7 @@ def _first_present(w: _Weights, names: tuple[str, ...], what: str) -> str:
 class VisionEmbedder:
     """`Gemma4UnifiedVisionEmbedder`: 48-px patches to soft tokens, weights in stored dtype."""
 
-    def __init__(self, cfg: UnifiedConfig, w: _Weights):
+    def __init__(self, cfg: UnifiedConfig, w: TensorSource):
         D, E = cfg.patch_dim, cfg.mm_embed_dim
         self.config = cfg
         dense = tuple(s + "patch_dense.weight" for s in _VISION_PREFIXES)
@@ -360,7 +357,7 @@ class VisionEmbedder:
 class AudioEmbedder:
     """`embed_audio`: waveform frames to soft tokens (RMSNorm with no weight, then Linear)."""
 
-    def __init__(self, frame: int, eps: float, text_hidden_size: int, w: _Weights):
+    def __init__(self, frame: int, eps: float, text_hidden_size: int, w: TensorSource):
         self.frame = frame  # samples per token: audio_config.audio_embed_dim
         self.eps = eps
         self.projection: Linear = w.linear(
@@ -395,12 +392,10 @@ class UnifiedFrontEnd:
     def load(cls, checkpoint: Checkpoint | str | Path) -> UnifiedFrontEnd:
         """From a `gemma4_unified` checkpoint (a :class:`Checkpoint` or its folder). The weights
         stay memory-mapped in their stored dtype."""
-        from .model import _Weights  # here, not at the top: the model module imports this one
-
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
         raw = load_json(ckpt.folder / "config.json")
         cfg = unified_config_from_dict(raw, str(ckpt.folder / "config.json"))
-        w = _Weights(ckpt, "model.", None)
+        w = TensorSource(ckpt, "model.", None)
         audio = None
         if cfg.audio_embed_dim is not None:
             audio = AudioEmbedder(cfg.audio_embed_dim, cfg.audio_eps, cfg.text_hidden_size, w)
@@ -421,21 +416,12 @@ class UnifiedFrontEnd:
 # --- the attention rule for image tokens --------------------------------------------------------
 
 
-def vision_blocks(ids: np.ndarray, tokens: PlaceholderIds) -> np.ndarray:
-    """Each position's image block: transformers' `get_block_sequence_ids_for_mask`.
-
-    Maximal runs of image or video placeholders are numbered 0, 1, ... in order; every other
-    position is -1. Query i may see key j iff j <= i (and, on sliding layers, i - j < window),
-    **or** blocks[i] == blocks[j] >= 0 -- on every layer.
-    # ids [S] -> [S] int64
-    """
-    inside = np.isin(ids, (tokens.image, tokens.video))
-    starts = inside & ~np.concatenate([[False], inside[:-1]])
-    return np.where(inside, np.cumsum(starts) - 1, -1).astype(np.int64)
-
-
 def unified_visible(pos: np.ndarray, blocks: np.ndarray, window: int) -> np.ndarray:
-    """Which keys each query sees in a prefill of the unified model (forward path).
+    """Which keys each query sees in a prefill of the unified model (forward path), the plain
+    NumPy way; the decoder runs the same rule as intervals (`attention.py`).
+
+    Query i may see key j iff j <= i (and, on sliding layers, i - j < window), **or**
+    blocks[i] == blocks[j] >= 0 -- on every layer.
 
     `window` is the sliding window on sliding layers and 0 on full layers. The block overlay is
     OR-ed in after the window, so a block longer than the window (a 1120-token image against

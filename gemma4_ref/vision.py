@@ -30,21 +30,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
 
+from .checkpoint import TensorSource
 from .config import RopeSpec
 from .errors import ConfigError, InputError
-from .linear import Linear, widen
+from .linear import ClippedLinear, widen
 from .mlp import GatedMLP
 from .norm import rms_norm
 from .rope import apply_rope, cos_sin, inv_freq
-
-if TYPE_CHECKING:
-    from .int4 import QuantizedLinear
-    from .model import _Weights
 
 _SUPPORTED_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_tanh")
 
@@ -122,28 +119,6 @@ def vision_config_from_dict(raw: dict[str, Any], source: str) -> VisionConfig | 
     return cfg
 
 
-class ClippedLinear:
-    """`clamp(W clamp(x, in_min, in_max), out_min, out_max)`; a plain linear without bounds.
-
-    (transformers `Gemma4ClippableLinear`; the bounds are 0-d tensors in the checkpoint.)
-    """
-
-    def __init__(
-        self,
-        linear: Linear | QuantizedLinear,
-        bounds: tuple[np.float32, np.float32, np.float32, np.float32] | None,
-    ):
-        self.linear = linear
-        self.bounds = bounds
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """# [S, in] -> [S, out]"""
-        if self.bounds is None:
-            return self.linear(x)
-        in_min, in_max, out_min, out_max = self.bounds
-        return np.clip(self.linear(np.clip(x, in_min, in_max)), out_min, out_max)
-
-
 @njit(parallel=True, cache=True)
 def _full_attention_kernel(q, kt, v, out):
     # q [N, nH, D], kt [nKV, D, N] (keys transposed), v [N, nKV, D] -> out [N, nH, D].
@@ -206,7 +181,7 @@ def axial_rope(
 class EncoderLayer:
     """One vision encoder layer (transformers `Gemma4VisionEncoderLayer`)."""
 
-    def __init__(self, cfg: VisionConfig, w: _Weights, i: int):
+    def __init__(self, cfg: VisionConfig, w: TensorSource, i: int):
         H, hd, nH, nKV = (
             cfg.hidden_size,
             cfg.head_dim,
@@ -291,7 +266,7 @@ def pool(h: np.ndarray, positions: np.ndarray, k: int) -> np.ndarray:
 class VisionTower:
     """`Gemma4VisionModel` plus `embed_vision`, loaded from a multimodal checkpoint."""
 
-    def __init__(self, cfg: VisionConfig, text_hidden: int, w: _Weights):
+    def __init__(self, cfg: VisionConfig, text_hidden: int, w: TensorSource):
         H, p = cfg.hidden_size, cfg.patch_size
         self.config = cfg
         self.input_proj = w.linear("vision_tower.patch_embedder.input_proj", H, 3 * p * p)

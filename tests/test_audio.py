@@ -33,7 +33,6 @@ from gemma4_ref.audio import (
     conv2d_stride2_ref,
     conv_block,
     conv_block_ref,
-    layer_norm,
     local_attention,
     local_attention_ref,
 )
@@ -42,13 +41,14 @@ from gemma4_ref.audio_features import (
     AUDIO_SOFT,
     AUDIO_START,
     MAX_SAMPLES,
-    expand_audio_ids,
     log_mel_features,
     mel_filter_bank,
     num_audio_soft_tokens,
     periodic_hann,
 )
 from gemma4_ref.errors import ConfigError, InputError
+from gemma4_ref.multimodal import expand_placeholders, wrapped
+from gemma4_ref.norm import layer_norm
 
 transformers = pytest.importorskip("transformers")
 
@@ -162,12 +162,26 @@ def test_placeholder_expansion_matches_processor(processor):
     assert counts == [33, 5]
     tok = processor.tokenizer
     ids = tok.convert_tokens_to_ids([AUDIO_START, AUDIO_SOFT, AUDIO_END])
-    assert expand_audio_ids(tok.encode(text, add_special_tokens=False), counts, *ids) == theirs
+    runs = [wrapped(ids[0], ids[1], n, ids[2]) for n in counts]
+    ours = expand_placeholders(tok.encode(text, add_special_tokens=False), runs, ids[1], "audio")
+    assert ours.tolist() == theirs
 
 
 def test_placeholder_count_must_match_clips():
     with pytest.raises(InputError, match="1 audio placeholder"):
-        expand_audio_ids([5, 9, 5], [1, 2], 8, 9, 10)
+        expand_placeholders([5, 9, 5], [[8, 9, 10], [8, 9, 9, 10]], 9, "audio")
+
+
+def test_layer_norm_matches_torch():
+    """norm.layer_norm (NumPy) against torch's `F.layer_norm`, with and without a bias added."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((7, 5, 48)).astype(np.float32) * 3 + 1
+    w, b = rng.uniform(0.5, 1.5, 48).astype(np.float32), rng.standard_normal(48).astype(np.float32)
+    for eps in (1e-6, 1e-5):
+        theirs = F.layer_norm(torch.from_numpy(x), (48,), torch.from_numpy(w), None, eps)
+        assert rel(layer_norm(x, w, eps), theirs.numpy()) < 1e-6
+        theirs = F.layer_norm(torch.from_numpy(x), (48,), *map(torch.from_numpy, (w, b)), eps)
+        assert rel(layer_norm(x, w, eps) + b, theirs.numpy()) < 1e-6
 
 
 # --- kernels --------------------------------------------------------------------------------------

@@ -29,9 +29,16 @@ from unified_models import save_front_end_model
 from vision_models import test_image
 
 from gemma4_ref import ConfigError, InputError
+from gemma4_ref.attention import visible
 from gemma4_ref.image import SUPPORTED_SOFT_TOKENS, patchify, process_image, target_size
 from gemma4_ref.linear import widen
-from gemma4_ref.multimodal import PlaceholderIds, expand_images
+from gemma4_ref.multimodal import (
+    PlaceholderIds,
+    expand_placeholders,
+    vision_block_bounds,
+    vision_blocks,
+    wrapped,
+)
 from gemma4_ref.unified import (
     UnifiedFrontEnd,
     audio_soft_tokens_ref,
@@ -40,7 +47,6 @@ from gemma4_ref.unified import (
     process_unified_image,
     unified_config_from_dict,
     unified_visible,
-    vision_blocks,
     vision_soft_tokens_ref,
     waveform_frames,
 )
@@ -266,7 +272,7 @@ def test_vision_blocks_and_mask_match_transformers(tiny) -> None:
 
     t = PlaceholderIds()
     ids = np.array([2, 5, t.image, 6, t.image, 7, t.audio, 8])
-    ids = expand_images(ids, [20, 3], t)
+    ids = expand_placeholders(ids, [wrapped(t.boi, t.image, n, t.eoi) for n in (20, 3)], t.image)
     ids = np.insert(ids, 29, [t.video] * 4)  # touching the second image's run: one block
     types = np.select([ids == t.image, ids == t.video, ids == t.audio], [1, 2, 3], 0)
     blocks = vision_blocks(ids, t)
@@ -289,6 +295,10 @@ def test_vision_blocks_and_mask_match_transformers(tiny) -> None:
     for layer, window in (("full_attention", 0), ("sliding_attention", text.sliding_window)):
         ref = (masks[layer][0, 0] == 0).numpy()
         np.testing.assert_array_equal(unified_visible(pos, blocks, window), ref, err_msg=layer)
+        # the decoder's interval form of the same rule (model.DecoderLayer.attend)
+        first, last = vision_block_bounds(pos, ids, t)
+        q_first = np.minimum(pos - window + 1, first) if window else None
+        np.testing.assert_array_equal(visible(pos, pos, window, last, q_first), ref, err_msg=layer)
 
 
 # --- config and bad input -------------------------------------------------------------------------

@@ -41,7 +41,12 @@ from gemma4_ref.attention import attention, attention_ref, visible
 from gemma4_ref.chat import ChatTemplateError
 from gemma4_ref.cli import main
 from gemma4_ref.image import SUPPORTED_SOFT_TOKENS, process_image
-from gemma4_ref.multimodal import PlaceholderIds, expand_images, last_visible
+from gemma4_ref.multimodal import (
+    PlaceholderIds,
+    expand_placeholders,
+    vision_block_bounds,
+    wrapped,
+)
 from gemma4_ref.vision import full_attention
 
 REL_TOL = 1e-4
@@ -155,11 +160,14 @@ def test_expand_images_writes_processor_blocks(vision):
     blocks = [Gemma4Processor.replace_image_token(names, counts, i) for i in range(2)]
     short = tok.encode("<bos>Look at <|image|> and <|image|> now")
     expected = tok.encode(f"<bos>Look at {blocks[0]} and {blocks[1]} now")
-    expanded = expand_images(np.array(short), [60, 64], model.placeholders)
+    t = model.placeholders
+    runs = [wrapped(t.boi, t.image, n, t.eoi) for n in (60, 64)]
+    expanded = expand_placeholders(short, runs, t.image)
     assert expanded.tolist() == expected
     assert (expanded == IMAGE_ID).sum() == 124 and short.count(IMAGE_ID) == 2
-    tokens = PlaceholderIds(boi=BOI_ID, image=IMAGE_ID, eoi=EOI_ID)
-    assert expand_images(np.array(prompt_ids()), [60, 64], tokens).tolist() == prompt_ids([60, 64])
+    runs = [wrapped(BOI_ID, IMAGE_ID, n, EOI_ID) for n in (60, 64)]
+    expanded = expand_placeholders(prompt_ids(), runs, IMAGE_ID)
+    assert expanded.tolist() == prompt_ids([60, 64])
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,7 +258,7 @@ def test_image_mask_matches_transformers(window):
         cfg, torch.zeros(1, S, 8), None, None, torch.arange(S)[None], blocks
     )
     pos = np.arange(S)
-    q_last = last_visible(pos, MASK_IDS, PlaceholderIds(BOI_ID, IMAGE_ID, EOI_ID))
+    _, q_last = vision_block_bounds(pos, MASK_IDS, PlaceholderIds(BOI_ID, IMAGE_ID, EOI_ID))
     np.testing.assert_array_equal(
         visible(pos, pos, window, q_last), masks["sliding_attention"][0, 0].numpy() == 0
     )
@@ -266,7 +274,7 @@ def test_attention_kernel_with_image_blocks(window):
     k = rng.standard_normal((S, nKV, D), dtype=np.float32)
     v = rng.standard_normal((S, nKV, D), dtype=np.float32)
     pos = np.arange(S)
-    q_last = last_visible(pos, MASK_IDS, PlaceholderIds(BOI_ID, IMAGE_ID, EOI_ID))
+    _, q_last = vision_block_bounds(pos, MASK_IDS, PlaceholderIds(BOI_ID, IMAGE_ID, EOI_ID))
     ref = attention_ref(q, k, v, pos, pos, window, q_last)
     np.testing.assert_allclose(
         attention(q, k, v, pos, pos, window, q_last), ref, rtol=1e-5, atol=1e-5
@@ -377,5 +385,5 @@ def test_placeholder_counts(vision):
 
 def test_text_model_refuses_images():
     model = gemma4_ref.load_model()
-    with pytest.raises(InputError, match=r"config\.json describes no Gemma 4 vision tower"):
+    with pytest.raises(InputError, match=r"config\.json describes no encoder for images"):
         model.generate([2, 100], images=[test_image(64, 64, seed=7)])

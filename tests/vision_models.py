@@ -156,7 +156,6 @@ def prompt_ids(counts: list[int] | None = None) -> list[int]:
 
 def build_vision_model(name: str):
     """The randomised fp32 ``Gemma4ForConditionalGeneration`` of a vision variant (eager)."""
-    import torch
     import transformers
 
     variant = VISION_VARIANTS[name]
@@ -164,7 +163,15 @@ def build_vision_model(name: str):
     config.boi_token_id, config.image_token_id, config.eoi_token_id = BOI_ID, IMAGE_ID, EOI_ID
     model = transformers.Gemma4ForConditionalGeneration(config)
     randomise_(model, variant.seed)
-    rng = np.random.default_rng(variant.seed + 7)
+    tune_vision_(model, np.random.default_rng(variant.seed + 7))
+    return model.eval()
+
+
+def tune_vision_(model, rng: np.random.Generator) -> None:
+    """Set the vision tower's clip bounds and position table again, so that they matter (see
+    the module docstring)."""
+    import torch
+
     with torch.no_grad():
         for key, t in sorted(model.state_dict(keep_vars=True).items()):
             leaf = key.rsplit(".", 1)[-1]
@@ -176,7 +183,6 @@ def build_vision_model(name: str):
                 t.fill_(sign * float(rng.uniform(lo, hi)))
             elif leaf == "position_embedding_table":
                 t.copy_(torch.from_numpy(rng.normal(0.0, 1.0, tuple(t.shape)).astype(np.float32)))
-    return model.eval()
 
 
 def _write_tokenizer(path: Path) -> None:

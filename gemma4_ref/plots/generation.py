@@ -197,8 +197,8 @@ def norm_one_plus_w(rms_norm: Callable) -> Callable:
 def window_off_by_one(attention: Callable) -> Callable:
     """Sliding layers see W + 1 keys (the current one and W past ones) instead of W."""
 
-    def buggy(q, k, v, q_pos, k_pos, window):
-        return attention(q, k, v, q_pos, k_pos, window + 1 if window else 0)
+    def buggy(q, k, v, q_pos, k_pos, window, *mask):
+        return attention(q, k, v, q_pos, k_pos, window + 1 if window else 0, *mask)
 
     return buggy
 
@@ -206,8 +206,8 @@ def window_off_by_one(attention: Callable) -> Callable:
 def attention_scaled(attention: Callable) -> Callable:
     """The usual 1/sqrt(head_dim) score scale, which Gemma 4 does not use (its scale is 1)."""
 
-    def buggy(q, k, v, q_pos, k_pos, window):
-        return attention(q / math.sqrt(q.shape[-1]), k, v, q_pos, k_pos, window)
+    def buggy(q, k, v, q_pos, k_pos, window, *mask):
+        return attention(q / math.sqrt(q.shape[-1]), k, v, q_pos, k_pos, window, *mask)
 
     return buggy
 
