@@ -39,6 +39,8 @@ CHAPTERS = {
     "06_int4_unpacking.ipynb": 300,
     "07_generation_and_verification.ipynb": 300,
     "08_performance.ipynb": 300,
+    "09_vision.ipynb": 300,
+    "10_audio.ipynb": 300,
 }
 CONTROLS = ".jp-OutputArea-output .widget-dropdown select, .jp-OutputArea-output .widget-slider"
 
