@@ -52,10 +52,11 @@ def test_linear_kernel_matches_reference(rows, dtype, shape):
     assert rel(y, linear_ref(x, w, dtype)) < 1e-5
 
 
-@pytest.mark.parametrize("n_out", [7, 1001, SERIAL_BELOW // 512 + 3])
+@pytest.mark.parametrize("n_out", [3, 7, 1001, SERIAL_BELOW // 512 + 3])
 def test_matvec_bf16_serial_parallel_and_capped(n_out):
     """Both decode paths (one core below SERIAL_BELOW weights, blocks of rows over all cores
-    above, with a row count no block size divides) and the fused soft-cap of the head."""
+    above), with row counts that leave 0-3 rows past the four streams of a block, and the
+    fused soft-cap of the head."""
     w = f32_to_bf16(rng.standard_normal((n_out, 512)).astype(np.float32))
     x = rng.standard_normal(512).astype(np.float32)
     want = linear_ref(x[None], w, "bf16")[0]

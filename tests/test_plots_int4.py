@@ -3,12 +3,11 @@ w4a16 checkpoints.
 
 Figures are drawn off-screen (Agg) and checked for what they show: the word picture holds
 `unpack_ref`'s integers, the scale heatmap the stored scales, the layout picture the real
-packers' nibble order. The Q4_0 codec must round-trip, put weight k and k + 16 in byte k, and,
-when llama.cpp's own gguf-py is at hand (`bench/_llama`, built by the benchmarks), write the
-same bytes as llama.cpp's quantizer.
+packers' nibble order. The Q4_0 codec must round-trip, put weight k and k + 16 in byte k, and
+write the same bytes as llama.cpp's own Python quantizer (its `gguf-py`, published on PyPI as
+`gguf`, pinned in the test extra).
 """
 
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -25,7 +24,6 @@ from gemma4_ref.quantize import quantize_checkpoint  # noqa: E402
 
 DENSE = Path(gemma4_ref.DEFAULT_MODEL)
 PACKED = DENSE.with_name(DENSE.name + "-w4a16")
-GGUF_PY = Path(__file__).resolve().parents[1] / "bench" / "_llama" / "llama.cpp" / "gguf-py"
 Q_PROJ = "model.layers.0.self_attn.q_proj"
 
 
@@ -227,14 +225,9 @@ def test_q4_0_quantize_rule():
 
 
 def test_q4_0_matches_llama_cpp_gguf_py():
-    if not (GGUF_PY / "gguf" / "quants.py").is_file():
-        pytest.skip("llama.cpp's gguf-py is not built here (bench/run.py fetches it)")
-    sys.path.insert(0, str(GGUF_PY))
-    try:
-        from gguf.constants import GGMLQuantizationType
-        from gguf.quants import dequantize, quantize
-    finally:
-        sys.path.remove(str(GGUF_PY))
+    from gguf.constants import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
     rng = np.random.default_rng(11)
     w = (rng.standard_normal((32, 256)) * 0.05).astype(np.float32)
     w[3, :32] = 0  # an all-zero block
