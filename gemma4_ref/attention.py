@@ -100,7 +100,10 @@ def attention_ref(
     return np.einsum("hst,thd->shd", p, v_full).astype(np.float32)
 
 
-@njit(parallel=True, cache=True)
+# `reassoc` lets LLVM vectorise the two length-D loops (q.k and the weighted sum of v); the
+# sums then run in another order than NumPy's (tests/test_kernels.py bounds it). No other
+# fast-math flag: the masked scores are -inf on purpose.
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 def _attention_kernel(q, k, v, q_first, q_last, k_pos, out):
     # q [S, nH, D], k/v [T, nKV, D] -> out [S, nH, D]; one (query, head) pair per task.
     # Query s sees the keys at positions q_first[s] .. q_last[s] (empty slots are -1).
@@ -113,6 +116,7 @@ def _attention_kernel(q, k, v, q_first, q_last, k_pos, out):
         kvh = h // group
         first = q_first[s]
         last = q_last[s]
+        qv = q[s, h]  # [D], contiguous like each key and value row below
         scores = np.empty(t_len, np.float32)
         best = -np.inf
         for t in range(t_len):
@@ -120,9 +124,10 @@ def _attention_kernel(q, k, v, q_first, q_last, k_pos, out):
             if kp < 0 or kp > last or kp < first:
                 scores[t] = -np.inf
                 continue
+            kv = k[t, kvh]
             acc = np.float32(0.0)
             for i in range(d):
-                acc += q[s, h, i] * k[t, kvh, i]
+                acc += qv[i] * kv[i]
             scores[t] = acc
             if acc > best:
                 best = acc
@@ -133,13 +138,56 @@ def _attention_kernel(q, k, v, q_first, q_last, k_pos, out):
             else:
                 scores[t] = np.exp(scores[t] - best)
                 total += scores[t]
-        for i in range(d):
-            out[s, h, i] = 0.0
+        o = out[s, h]
+        o[:] = 0.0
         for t in range(t_len):
             w = scores[t] / total
             if w != 0.0:
+                vv = v[t, kvh]
                 for i in range(d):
-                    out[s, h, i] += w * v[t, kvh, i]
+                    o[i] += w * vv[i]
+
+
+#: Prompts of at least this many tokens take the BLAS path (`attention_blocked`).
+BLOCKED_FROM = 16
+
+
+def attention_blocked(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    q_pos: np.ndarray,
+    k_pos: np.ndarray,
+    window: int,
+    q_last: np.ndarray | None = None,
+    q_first: np.ndarray | None = None,
+    block: int = 256,
+) -> np.ndarray:
+    """Prefill attention as matrix products: per KV head, `Q K^T`, mask, softmax, `P V`.
+
+    # q [S, nH, D], k/v [T, nKV, D], q_pos [S], k_pos [T] -> [S, nH, D]
+    A long prompt makes S x T scores per head; computing them a key at a time (the Numba
+    kernel) leaves the cores' vector units idle, while BLAS runs them near peak. Queries go in
+    blocks of `block`, so the scores stay at nH x block x T floats however long the prompt.
+    """
+    S, n_heads, d = q.shape
+    n_kv = k.shape[1]
+    group = n_heads // n_kv
+    out = np.empty((S, n_heads, d), np.float32)
+    for lo in range(0, S, block):
+        hi = min(lo + block, S)
+        first = None if q_first is None else q_first[lo:hi]
+        last = None if q_last is None else q_last[lo:hi]
+        mask = visible(q_pos[lo:hi], k_pos, window, last, first)  # [s, T]
+        for h in range(n_kv):
+            qg = q[lo:hi, h * group : (h + 1) * group].transpose(1, 0, 2)  # [g, s, D]
+            scores = qg @ k[:, h].T  # [g, s, T]
+            scores = np.where(mask[None], scores, np.float32(-np.inf))
+            scores -= scores.max(axis=-1, keepdims=True)
+            p = np.exp(scores)
+            p /= p.sum(axis=-1, keepdims=True)
+            out[lo:hi, h * group : (h + 1) * group] = (p @ v[:, h]).transpose(1, 0, 2)
+    return out
 
 
 def attention(
@@ -152,14 +200,20 @@ def attention(
     q_last: np.ndarray | None = None,
     q_first: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Numba attention; agrees with :func:`attention_ref`.  # -> [S, nH, D]"""
+    """Attention for the model: the Numba kernel for a few queries (decode), BLAS for a prompt
+    (:func:`attention_blocked`). Both agree with :func:`attention_ref`.  # -> [S, nH, D]"""
+    q = np.ascontiguousarray(q, np.float32)
+    k = np.ascontiguousarray(k, np.float32)
+    v = np.ascontiguousarray(v, np.float32)
+    if q.shape[0] >= BLOCKED_FROM:
+        return attention_blocked(q, k, v, q_pos, k_pos, window, q_last, q_first)
     if q_first is None:
         q_first = q_pos - window + 1 if window else np.zeros_like(q_pos)
     out = np.empty(q.shape, np.float32)
     _attention_kernel(
-        np.ascontiguousarray(q, np.float32),
-        np.ascontiguousarray(k, np.float32),
-        np.ascontiguousarray(v, np.float32),
+        q,
+        k,
+        v,
         q_first.astype(np.int64),
         (q_pos if q_last is None else q_last).astype(np.int64),
         k_pos.astype(np.int64),

@@ -193,26 +193,40 @@ def _round_bf16(x):
     return bits_to_f32(bits)
 
 
+@njit(inline="always")
+def _block_dot(row, x_even, x_odd, j, s):
+    # 16 bytes of a row (32 weights sharing the scale s) dotted with their inputs, each weight
+    # rounded to bf16(q * s) exactly as compressed-tensors dequantizes it.
+    # row u8 [in/2], x_even/x_odd [in/2] -> scalar
+    b = row[16 * j : 16 * j + 16]
+    xe = x_even[16 * j : 16 * j + 16]
+    xo = x_odd[16 * j : 16 * j + 16]
+    part = np.float32(0.0)
+    for k in range(16):  # a fixed trip count: LLVM turns it into whole SIMD vectors
+        # The nibbles by float arithmetic, all exact: integer code here would be widened to
+        # 64-bit lanes (Numba's integer promotion) and halve the SIMD width.
+        v = np.float32(b[k])
+        hi = np.floor(v * np.float32(0.0625))
+        lo = v - np.float32(16.0) * hi
+        part += _round_bf16((lo - np.float32(8.0)) * s) * xe[k]
+        part += _round_bf16((hi - np.float32(8.0)) * s) * xo[k]
+    return part
+
+
 @njit(cache=True, fastmath={"reassoc", "contract"})
 def _qmatvec_int4_bf16_rows(packed, scale, x_even, x_odd, out, group, lo, hi):
-    # Rows lo..hi of qmatvec for symmetric int4 with bf16 scales, on one core.
-    # packed u8 [out, in/2], x_even/x_odd [in/2] (x[0::2], x[1::2]) -> out [out]
+    # Rows lo..hi of qmatvec for symmetric int4 with bf16 scales and group % 32 == 0, on one
+    # core. packed u8 [out, in/2], x_even/x_odd [in/2] (x[0::2], x[1::2]) -> out [out]
     # Byte k holds inputs 2k (low nibble) and 2k + 1 (high): with x split into its even and
-    # odd entries both nibbles meet contiguous x, and the loop vectorises (3x the strided one).
-    half = group >> 1
-    n_groups = packed.shape[1] // half
+    # odd entries both nibbles meet contiguous x.
+    per_scale = group // 32  # blocks of 32 weights sharing one scale
+    n_blocks = packed.shape[1] // 16
     for r in range(lo, hi):
         row = packed[r]
+        s = scale[r]
         acc = np.float32(0.0)
-        for g in range(n_groups):
-            s = bits_to_f32(np.uint32(scale[r, g]) << 16)
-            b = row[g * half : (g + 1) * half]
-            xe = x_even[g * half : (g + 1) * half]
-            xo = x_odd[g * half : (g + 1) * half]
-            for k in range(half):
-                v = np.int32(b[k])
-                acc += _round_bf16(np.float32((v & 15) - 8) * s) * xe[k]
-                acc += _round_bf16(np.float32((v >> 4) - 8) * s) * xo[k]
+        for j in range(n_blocks):
+            acc += _block_dot(row, x_even, x_odd, j, _as_f32(s[j // per_scale]))
         out[r] = acc
 
 
@@ -227,7 +241,7 @@ def _qmatvec_int4_bf16_parallel(packed, scale, x_even, x_odd, out, group, chunks
 
 
 def qmatvec_int4_bf16(packed: np.ndarray, scale: np.ndarray, x: np.ndarray, group: int):
-    """out = W x for the published layout: symmetric int4, bf16 scales.
+    """out = W x for the published layout: symmetric int4, bf16 scales, groups of 32k.
 
     # packed u8 [out, in/2], scale u16 [out, in/group], x f32 [in] -> [out] f32
     Agrees with :func:`qmatvec` (bit-exact weights, the sum in another order). Small matrices
@@ -338,7 +352,7 @@ class QuantizedLinear:
         if x.shape[0] == 1:
             out = np.empty(self.out_features, np.float32)
             bits = self.args.num_bits
-            if bits == 4 and self.drop == 16 and self.zero.size == 0:
+            if bits == 4 and self.drop == 16 and self.zero.size == 0 and self.group % 32 == 0:
                 # the published layout (symmetric int4, bf16 scales) has its own fast kernel
                 return qmatvec_int4_bf16(self.packed, self.scale, x[0], self.group)[None, :]
             qmatvec(self.packed, self.scale, self.zero, x[0], out, bits, self.group, self.drop)

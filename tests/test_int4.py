@@ -374,21 +374,24 @@ def test_matmul_kernels(bits, symmetric, group, dtype, monkeypatch):
         assert rel <= 1e-5, f"{rows} rows: relative {rel:.2e}"
 
 
+@pytest.mark.parametrize("group, in_f", [(32, 1056), (128, 1152)])
 @pytest.mark.parametrize("out_f", [5, 1031])
-def test_fast_int4_kernel_matches_the_general_one(out_f):
-    """The published layout's kernel (x split into even and odd inputs; one core for small
-    matrices, blocks of rows over all cores for large ones, here 1031 x 1024 weights) against
-    the general `qmatvec` and a float64 product of `dequantize_ref`'s weights."""
+def test_fast_int4_kernel_matches_the_general_one(out_f, group, in_f):
+    """The published layout's kernel (x split into even and odd inputs, blocks of 32 weights
+    into four sums; one core for small matrices, blocks of rows over all cores for large ones)
+    against the general `qmatvec` and a float64 product of `dequantize_ref`'s weights. 1056
+    inputs make 33 blocks, one past the four-block loop; group 128 puts four blocks under each
+    scale."""
     rng = np.random.default_rng(out_f)
-    q = rng.integers(-8, 8, (out_f, 1024)).astype(np.int8)
-    scale = rng.integers(0x3A00, 0x3C80, (out_f, 32), dtype=np.uint16)
+    q = rng.integers(-8, 8, (out_f, in_f)).astype(np.int8)
+    scale = rng.integers(0x3A00, 0x3C80, (out_f, in_f // group), dtype=np.uint16)
     packed = pack_ref(q, 4).view(np.uint8)
-    x = rng.normal(size=1024).astype(np.float32)
-    w = int4.dequantize_ref(q, int4.bf16_to_f32(scale), None, 32, "bf16")
+    x = rng.normal(size=in_f).astype(np.float32)
+    w = int4.dequantize_ref(q, int4.bf16_to_f32(scale), None, group, "bf16")
     want = w.astype(np.float64) @ x.astype(np.float64)
-    fast = int4.qmatvec_int4_bf16(packed, scale, x, 32)
+    fast = int4.qmatvec_int4_bf16(packed, scale, x, group)
     general = np.empty(out_f, np.float32)
-    int4.qmatvec(packed, scale, np.zeros((0, 0), np.int8), x, general, 4, 32, 16)
+    int4.qmatvec(packed, scale, np.zeros((0, 0), np.int8), x, general, 4, group, 16)
     for got in (fast, general):
         assert np.abs(got - want).max() / np.abs(want).max() <= 1e-5
 

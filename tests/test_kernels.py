@@ -9,7 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gemma4_ref.attention import KVCache, LayerCache, attention, attention_ref
+from gemma4_ref.attention import (
+    BLOCKED_FROM,
+    KVCache,
+    LayerCache,
+    attention,
+    attention_blocked,
+    attention_ref,
+)
 from gemma4_ref.config import RopeSpec
 from gemma4_ref.linear import (
     SERIAL_BELOW,
@@ -156,6 +163,30 @@ def test_attention_kernel_matches_reference(window):
     q_pos = np.arange(5, 12)
     ref = attention_ref(q, k, v, q_pos, k_pos, window)
     assert rel(attention(q, k, v, q_pos, k_pos, window), ref) < 1e-5
+    assert rel(attention_blocked(q, k, v, q_pos, k_pos, window, block=3), ref) < 1e-5
+
+
+@pytest.mark.parametrize("window", [0, 8])
+def test_prompt_attention_takes_the_blas_path_and_matches_the_reference(window):
+    """A prompt (S >= BLOCKED_FROM) through `attention`, query blocks smaller than S, and the
+    image-block bounds (q_last past the query, q_first before the window) of attention.py."""
+    S = BLOCKED_FROM + 5
+    q = rng.standard_normal((S, 4, 16)).astype(np.float32)
+    k = rng.standard_normal((S, 2, 16)).astype(np.float32)
+    v = rng.standard_normal((S, 2, 16)).astype(np.float32)
+    pos = np.arange(S)
+    ref = attention_ref(q, k, v, pos, pos, window)
+    assert rel(attention(q, k, v, pos, pos, window), ref) < 1e-5
+    last, first = pos.copy(), pos - max(window, 1) + 1
+    last[3:9], first[3:9] = 8, 0  # one image block of positions 3..8, seen both ways
+    ref = attention_ref(q, k, v, pos, pos, window, last, first)
+    for got in (
+        attention(q, k, v, pos, pos, window, last, first),
+        attention_blocked(q, k, v, pos, pos, window, last, first, block=4),
+        attention(q[:5], k, v, pos[:5], pos, window, last[:5], first[:5]),  # the kernel
+    ):
+        want = ref[: got.shape[0]]
+        assert rel(got, want) < 1e-5
 
 
 def test_attention_reference_matches_torch_sdpa():

@@ -12,6 +12,7 @@ from numba import njit, prange
 from timing import best_gbs, copies_for
 
 from gemma4_ref.int4 import (
+    _block_dot,
     _round_bf16,
     dequantize_ref,
     pack_ref,
@@ -25,8 +26,47 @@ FM = {"reassoc", "contract"}
 
 
 @njit(parallel=True, cache=True, fastmath=FM)
+def v2_split_x(packed, scale, xe, xo, out, group):
+    # the package kernel until 2026-11-30: x split into even and odd inputs, one sum per row,
+    # integer nibbles (Numba widens them to 64-bit lanes: vcvtqq2ps in the assembly)
+    half = group >> 1
+    n_groups = packed.shape[1] // half
+    for r in prange(packed.shape[0]):
+        row = packed[r]
+        acc = np.float32(0.0)
+        for g in range(n_groups):
+            s = bits_to_f32(np.uint32(scale[r, g]) << 16)
+            b = row[g * half : (g + 1) * half]
+            e = xe[g * half : (g + 1) * half]
+            o = xo[g * half : (g + 1) * half]
+            for k in range(half):
+                v = np.int32(b[k])
+                acc += _round_bf16(np.float32((v & 15) - 8) * s) * e[k]
+                acc += _round_bf16(np.float32((v >> 4) - 8) * s) * o[k]
+        out[r] = acc
+
+
+@njit(parallel=True, cache=True, fastmath=FM)
+def v6_four_sums(packed, scale, xe, xo, out, group):
+    # group 32: the package kernel with four blocks of 32 weights into four separate sums (to
+    # break the chain of dependent additions); more registers live, and slower on the Xeon
+    n_groups = packed.shape[1] // 16
+    for r in prange(packed.shape[0]):
+        row = packed[r]
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for g in range(0, n_groups - n_groups % 4, 4):
+            a0 += _block_dot(row, xe, xo, g, bits_to_f32(np.uint32(scale[r, g]) << 16))
+            a1 += _block_dot(row, xe, xo, g + 1, bits_to_f32(np.uint32(scale[r, g + 1]) << 16))
+            a2 += _block_dot(row, xe, xo, g + 2, bits_to_f32(np.uint32(scale[r, g + 2]) << 16))
+            a3 += _block_dot(row, xe, xo, g + 3, bits_to_f32(np.uint32(scale[r, g + 3]) << 16))
+        for g in range(n_groups - n_groups % 4, n_groups):
+            a0 += _block_dot(row, xe, xo, g, bits_to_f32(np.uint32(scale[r, g]) << 16))
+        out[r] = (a0 + a1) + (a2 + a3)
+
+
+@njit(parallel=True, cache=True, fastmath=FM)
 def v3_fma(packed, scale, xe, xo, out, group):
-    # the package kernel (x split into even and odd inputs), with (n - 8) * s as one fused
+    # v2 with (n - 8) * s as one fused
     # n * s - 8 s (exact: the result fits in float32)
     half = group >> 1
     n_groups = packed.shape[1] // half
@@ -107,10 +147,12 @@ def bench_shape(n_out: int, n_in: int, rng: np.random.Generator, group: int = 32
     zero = np.zeros((0, 0), np.int8)
     variants = {
         "v1 general qmatvec": lambda p: qmatvec(p, scale, zero, x, out, 4, group, 16),
+        "v2 split x": lambda p: v2_split_x(p, scale, xe, xo, out, group),
         "v3 fma": lambda p: v3_fma(p, scale, xe, xo, out, group),
         "v4 lanes": lambda p: v4_vec_acc(p, scale, xe, xo, out, group),
         "v5 unrounded (inexact)": lambda p: v5_unrounded(p, scale, xe, xo, out, group),
-        "v2 package (split x)": lambda p: out.__setitem__(
+        "v6 four sums": lambda p: v6_four_sums(p, scale, xe, xo, out, group),
+        "package (float nibbles)": lambda p: out.__setitem__(
             slice(None), qmatvec_int4_bf16(p, scale, x, group)
         ),
     }
