@@ -47,21 +47,16 @@ def v2_split_x(packed, scale, xe, xo, out, group):
 
 
 @njit(parallel=True, cache=True, fastmath=FM)
-def v6_four_sums(packed, scale, xe, xo, out, group):
-    # group 32: the package kernel with four blocks of 32 weights into four separate sums (to
-    # break the chain of dependent additions); more registers live, and slower on the Xeon
+def v6_one_sum(packed, scale, xe, xo, out, group):
+    # group 32: the package kernel with one sum per row; each block's additions wait for the
+    # previous block's (a chain of dependent adds), 1.2x slower on the Xeon
     n_groups = packed.shape[1] // 16
     for r in prange(packed.shape[0]):
         row = packed[r]
-        a0 = a1 = a2 = a3 = np.float32(0.0)
-        for g in range(0, n_groups - n_groups % 4, 4):
-            a0 += _block_dot(row, xe, xo, g, bits_to_f32(np.uint32(scale[r, g]) << 16))
-            a1 += _block_dot(row, xe, xo, g + 1, bits_to_f32(np.uint32(scale[r, g + 1]) << 16))
-            a2 += _block_dot(row, xe, xo, g + 2, bits_to_f32(np.uint32(scale[r, g + 2]) << 16))
-            a3 += _block_dot(row, xe, xo, g + 3, bits_to_f32(np.uint32(scale[r, g + 3]) << 16))
-        for g in range(n_groups - n_groups % 4, n_groups):
-            a0 += _block_dot(row, xe, xo, g, bits_to_f32(np.uint32(scale[r, g]) << 16))
-        out[r] = (a0 + a1) + (a2 + a3)
+        acc = np.float32(0.0)
+        for g in range(n_groups):
+            acc += _block_dot(row, xe, xo, g, bits_to_f32(np.uint32(scale[r, g]) << 16))
+        out[r] = acc
 
 
 @njit(parallel=True, cache=True, fastmath=FM)
@@ -151,8 +146,8 @@ def bench_shape(n_out: int, n_in: int, rng: np.random.Generator, group: int = 32
         "v3 fma": lambda p: v3_fma(p, scale, xe, xo, out, group),
         "v4 lanes": lambda p: v4_vec_acc(p, scale, xe, xo, out, group),
         "v5 unrounded (inexact)": lambda p: v5_unrounded(p, scale, xe, xo, out, group),
-        "v6 four sums": lambda p: v6_four_sums(p, scale, xe, xo, out, group),
-        "package (float nibbles)": lambda p: out.__setitem__(
+        "v6 one sum": lambda p: v6_one_sum(p, scale, xe, xo, out, group),
+        "package (float nibbles, 4 sums)": lambda p: out.__setitem__(
             slice(None), qmatvec_int4_bf16(p, scale, x, group)
         ),
     }
