@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .linear import bf16_to_f32, bits_to_f32, f32_to_bf16, f32_to_bits
+from .linear import SERIAL_BELOW, bf16_to_f32, bits_to_f32, f32_to_bf16, f32_to_bits
 
 # --- scalar helpers for the kernels -----------------------------------------------------------
 
@@ -305,18 +305,28 @@ def qmatvec(packed, scale, zero, x, out, bits, group, drop):
         out[r] = acc
 
 
-@njit(parallel=True, cache=True)
-def dequant_rows(packed, scale, zero, lo, hi, bits, group, drop, out):
-    """Dequantize rows lo..hi into out [hi - lo, in] (the prefill path hands it to BLAS)."""
-    n_groups = out.shape[1] // group
+@njit(inline="always")
+def _dequant_row(packed, scale, zero, r, bits, group, drop, lut, row):
+    # Dequantize row r of W into row [in].
     has_zero = zero.shape[0] == packed.shape[0]
+    for g in range(row.shape[0] // group):
+        _dequant_group(packed, scale, zero, r, g, group, bits, drop, has_zero, lut, row, g * group)
+
+
+@njit(cache=True)
+def dequant_rows(packed, scale, zero, lo, hi, bits, group, drop, out):
+    """Dequantize rows lo..hi into out [hi - lo, in], on one core (prefill hands it to BLAS)."""
+    lut = np.empty(16, np.float32)
+    for r in range(lo, hi):
+        _dequant_row(packed, scale, zero, r, bits, group, drop, lut, out[r - lo])
+
+
+@njit(parallel=True, cache=True)
+def dequant_rows_parallel(packed, scale, zero, lo, hi, bits, group, drop, out):
+    """dequant_rows with the rows spread over the cores."""
     for r in prange(lo, hi):
         lut = np.empty(16, np.float32)
-        row = out[r - lo]
-        for g in range(n_groups):
-            _dequant_group(
-                packed, scale, zero, r, g, group, bits, drop, has_zero, lut, row, g * group
-            )
+        _dequant_row(packed, scale, zero, r, bits, group, drop, lut, out[r - lo])
 
 
 _NO_ZERO = np.zeros((0, 0), np.int8)
@@ -356,8 +366,14 @@ class QuantizedLinear:
         """Rows lo..hi of W as float32.  # -> [hi - lo, in]"""
         hi = self.out_features if hi is None else hi
         out = np.empty((hi - lo, self.in_features), np.float32)
-        bits = self.args.num_bits
-        dequant_rows(self.packed, self.scale, self.zero, lo, hi, bits, self.group, self.drop, out)
+        args = (self.packed, self.scale, self.zero, lo, hi, self.args.num_bits, self.group)
+        # Small tiles on one core: between BLAS calls a thread pool of our own fights
+        # OpenBLAS's threads (and torch's, when it is loaded) for the cores; the demo model's
+        # perplexity beside torch ran 6x slower with every tile parallel.
+        if out.size < SERIAL_BELOW:
+            dequant_rows(*args, self.drop, out)
+        else:
+            dequant_rows_parallel(*args, self.drop, out)
         return out
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

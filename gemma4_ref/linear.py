@@ -159,11 +159,17 @@ def matvec_bf16(w: np.ndarray, x: np.ndarray, cap: float = 0.0) -> np.ndarray:
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def widen_bf16_rows(w: np.ndarray, out: np.ndarray) -> None:
-    """Widen a block of bf16 rows into a float32 buffer.  # [rows, in] u16 -> [rows, in] f32"""
+    """Widen a block of bf16 rows into a float32 buffer.  # [rows, in] u16 -> [rows, in] f32
+
+    On one core on purpose: prefill alternates this with BLAS calls, and Numba's OpenMP
+    threads, spinning between regions, fought OpenBLAS's (and torch's, when it is loaded) for
+    the 2 cores: E2B prefill 128 ran 1.34 s with a parallel widen, 1.22 s without, and the
+    demo model's perplexity beside torch 16x slower.
+    """
     bits = out.view(np.uint32)
-    for r in prange(w.shape[0]):
+    for r in range(w.shape[0]):
         for i in range(w.shape[1]):
             bits[r, i] = np.uint32(w[r, i]) << 16
 
