@@ -75,7 +75,12 @@ def attention_probs(
     """
     k_full = np.repeat(k, q.shape[1] // k.shape[1], axis=1)
     scores = np.einsum("shd,thd->hst", q, k_full)
-    scores = np.where(visible(q_pos, k_pos, window, q_last, q_first)[None], scores, -np.inf)
+    return masked_softmax(scores, visible(q_pos, k_pos, window, q_last, q_first))
+
+
+def masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Softmax over the visible keys only.  # scores [..., S, T], mask [S, T] -> [..., S, T] f32"""
+    scores = np.where(mask, scores, np.float32(-np.inf))
     scores -= scores.max(axis=-1, keepdims=True)
     p = np.exp(scores)
     return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
@@ -181,11 +186,7 @@ def attention_blocked(
         mask = visible(q_pos[lo:hi], k_pos, window, last, first)  # [s, T]
         for h in range(n_kv):
             qg = q[lo:hi, h * group : (h + 1) * group].transpose(1, 0, 2)  # [g, s, D]
-            scores = qg @ k[:, h].T  # [g, s, T]
-            scores = np.where(mask[None], scores, np.float32(-np.inf))
-            scores -= scores.max(axis=-1, keepdims=True)
-            p = np.exp(scores)
-            p /= p.sum(axis=-1, keepdims=True)
+            p = masked_softmax(qg @ k[:, h].T, mask)  # [g, s, T]
             out[lo:hi, h * group : (h + 1) * group] = (p @ v[:, h]).transpose(1, 0, 2)
     return out
 
