@@ -33,6 +33,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from . import int4_lut
 from .linear import SERIAL_BELOW, bf16_to_f32, bits_to_f32, f32_to_bf16, f32_to_bits
 
 # --- scalar helpers for the kernels -----------------------------------------------------------
@@ -357,6 +358,7 @@ class QuantizedLinear:
         self.scale_dtype = scale_dtype
         self.drop = ROUND_DROP[scale_dtype]
         self.zero = _NO_ZERO if zero is None else zero  # int8 [out, G], unpacked at load
+        self._lut: bool | None = None  # whether int4_lut's kernel applies; found at first use
 
     @property
     def nbytes(self) -> int:
@@ -383,8 +385,12 @@ class QuantizedLinear:
             out = np.empty(self.out_features, np.float32)
             bits = self.args.num_bits
             if bits == 4 and self.drop == 16 and self.zero.size == 0 and self.group % 32 == 0:
-                # the published layout (symmetric int4, bf16 scales) has its own fast kernel
-                return qmatvec_int4_bf16(self.packed, self.scale, x[0], self.group)[None, :]
+                # the published layout (symmetric int4, bf16 scales) has its own fast kernels:
+                # table lookups with AVX-512, float nibbles elsewhere
+                if self._lut is None:  # one pass over the scales, at the first token
+                    self._lut = int4_lut.AVAILABLE and int4_lut.scales_supported(self.scale)
+                kernel = int4_lut.qmatvec_lut if self._lut else qmatvec_int4_bf16
+                return kernel(self.packed, self.scale, x[0], self.group)[None, :]
             qmatvec(self.packed, self.scale, self.zero, x[0], out, bits, self.group, self.drop)
             return out[None, :]
         y = np.empty((x.shape[0], self.out_features), np.float32)

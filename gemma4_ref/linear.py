@@ -16,8 +16,12 @@ from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
+
+from . import simd
 
 if TYPE_CHECKING:
     from .int4 import QuantizedLinear
@@ -106,40 +110,91 @@ def matvec_bf16_rows(w, x, out, lo, hi, cap):
         out[o] = cap * np.tanh(acc / cap) if cap > 0 else acc
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
-def matvec_bf16_streams(w, x, out, lo, hi, cap):
-    """matvec_bf16_rows, four far-apart rows at a time.  # [out, in] u16, [in] f32 -> [out] f32
+def _bf16_rows_dot(n_rows: int, ahead: int = simd.PREFETCH_BYTES):
+    """An intrinsic: out[r0 + k * stride] = row (r0 + k * stride) of W dotted with x, k < n_rows.
 
-    Rows j, j + q, j + 2q and j + 3q of the block (q = a quarter of it) are multiplied in one
-    pass over x. Why: one core's hardware prefetcher follows a sequential stream only up to
-    the end of a 4 KB page, so a single stream leaves memory idle; four streams in four
-    distant pages keep more reads in flight. On the 2-core Xeon of bench/README.md this reads
-    1.5x faster than one row at a time (bench/kernels/matvec_bf16.py).
+    The loop :func:`matvec_bf16_rows` runs, written in LLVM IR (:mod:`simd`) for two things
+    Numba's own loop lacks. Each 64-byte line of a row is one <16 x i32> load: lane i holds
+    weights 2i (low half) and 2i + 1 (high half), so a shift and a mask widen both halves to
+    float32 with no shuffle, against x split into its even and odd entries. And each row
+    stream prefetches `ahead` bytes ahead (0: none), past the 4 KB page where the hardware
+    prefetcher stops.
+    """
+
+    @intrinsic
+    def rows_dot(typingctx, w, x_even, x_odd, out, r0, stride):
+        # w u16 [out, in] (in % 32 == 0), x_even/x_odd f32 [in/2], out f32 [out]; C-contiguous
+        arrays = (w, x_even, x_odd, out)
+        want = [(types.uint16, 2), (types.float32, 1), (types.float32, 1), (types.float32, 1)]
+        if not simd.c_arrays_match(arrays, want):
+            return None  # Numba reports the mismatch as a typing error
+        sig = types.void(*arrays, types.int64, types.int64)
+
+        def codegen(context, builder, signature, args):
+            wa, xe, xo, o = simd.array_structs(context, builder, signature, args, 4)
+            r0, stride = args[4], args[5]
+            n_in = cgutils.unpack_tuple(builder, wa.shape)[1]
+            lines = simd.I32X16.as_pointer()
+            index, rows = [], []
+            for k in range(n_rows):
+                r = builder.add(r0, builder.mul(stride, ir.Constant(simd.I64, k)))
+                index.append(r)
+                rows.append(builder.bitcast(builder.gep(wa.data, [builder.mul(r, n_in)]), lines))
+            sums = simd.zero_sums(builder, 2 * n_rows)
+            n_lines = builder.udiv(n_in, ir.Constant(simd.I64, 32))
+            with cgutils.for_range(builder, n_lines) as loop:
+                j = loop.index
+                at = builder.mul(j, ir.Constant(simd.I64, 16))
+                x_lo = simd.load_vector(builder, xe.data, at, simd.F32X16, 4)
+                x_hi = simd.load_vector(builder, xo.data, at, simd.F32X16, 4)
+                for k in range(n_rows):
+                    if ahead:
+                        simd.prefetch(builder, rows[k], j, ahead)
+                    pair = simd.load_vector(builder, rows[k], j, simd.I32X16, 2)
+                    w_lo = builder.bitcast(builder.shl(pair, simd.splat_i32(16)), simd.F32X16)
+                    w_hi = builder.bitcast(builder.and_(pair, simd.splat_i32(-65536)), simd.F32X16)
+                    simd.accumulate(builder, sums[2 * k], w_lo, x_lo)
+                    simd.accumulate(builder, sums[2 * k + 1], w_hi, x_hi)
+            for k in range(n_rows):
+                total = builder.fadd(builder.load(sums[2 * k]), builder.load(sums[2 * k + 1]))
+                builder.store(simd.horizontal_sum(builder, total), builder.gep(o.data, [index[k]]))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return rows_dot
+
+
+_bf16_four_rows = _bf16_rows_dot(4)
+_bf16_one_row = _bf16_rows_dot(1)
+
+
+@njit(cache=True)
+def matvec_bf16_lines(w, x_even, x_odd, out, lo, hi, cap):
+    """out[lo:hi] = W[lo:hi] x, 32 weights a step, on one core.
+
+    # w u16 [out, in] (in % 32 == 0), x_even/x_odd f32 [in/2] -> out f32 [out]
+    Rows j, j + q, j + 2q and j + 3q of the block (q = a quarter of it) go together: four
+    read streams in four distant pages keep more reads in flight than one (1.5x on the Xeon
+    of bench/README.md), and each x vector serves four rows.
     """
     q = (hi - lo) // 4
-    for o in range(lo, lo + q):
-        r0, r1, r2, r3 = w[o], w[o + q], w[o + 2 * q], w[o + 3 * q]
-        a0 = a1 = a2 = a3 = np.float32(0.0)
-        for i in range(r0.shape[0]):
-            xi = x[i]
-            a0 += bits_to_f32(np.uint32(r0[i]) << 16) * xi
-            a1 += bits_to_f32(np.uint32(r1[i]) << 16) * xi
-            a2 += bits_to_f32(np.uint32(r2[i]) << 16) * xi
-            a3 += bits_to_f32(np.uint32(r3[i]) << 16) * xi
-        if cap > 0:
-            a0, a1 = cap * np.tanh(a0 / cap), cap * np.tanh(a1 / cap)
-            a2, a3 = cap * np.tanh(a2 / cap), cap * np.tanh(a3 / cap)
-        out[o], out[o + q], out[o + 2 * q], out[o + 3 * q] = a0, a1, a2, a3
-    matvec_bf16_rows(w, x, out, lo + 4 * q, hi, cap)  # the last (hi - lo) % 4 rows
+    for r in range(lo, lo + q):
+        _bf16_four_rows(w, x_even, x_odd, out, r, q)
+    for r in range(lo + 4 * q, hi):
+        _bf16_one_row(w, x_even, x_odd, out, r, 0)
+    if cap > 0:  # the fused head: soft-cap the logits while they are still in the cache
+        for r in range(lo, hi):
+            out[r] = cap * np.tanh(out[r] / cap)
 
 
 @njit(parallel=True, cache=True)
-def matvec_bf16_parallel(w, x, out, chunks, cap):
-    """matvec_bf16_streams over `chunks` contiguous blocks of rows, spread over the cores."""
+def matvec_bf16_parallel(w, x_even, x_odd, out, chunks, cap):
+    """matvec_bf16_lines over `chunks` contiguous blocks of rows, spread over the cores."""
     n_out = w.shape[0]
     step = -(-n_out // chunks)
     for c in prange(chunks):
-        matvec_bf16_streams(w, x, out, c * step, min(n_out, (c + 1) * step), cap)
+        matvec_bf16_lines(w, x_even, x_odd, out, c * step, min(n_out, (c + 1) * step), cap)
 
 
 def matvec_bf16(w: np.ndarray, x: np.ndarray, cap: float = 0.0) -> np.ndarray:
@@ -147,15 +202,20 @@ def matvec_bf16(w: np.ndarray, x: np.ndarray, cap: float = 0.0) -> np.ndarray:
 
     Decode streams each weight from memory once, so one core cannot keep up (it reads about
     half the machine's bandwidth): large matrices are split into contiguous blocks of rows,
-    two per thread, each read as four streams (:func:`matvec_bf16_streams`). Small ones
-    (under `SERIAL_BELOW` weights, e.g. PLE's 256 x 1536 gates) stay on one core, one row at a
-    time: they are read faster that way than on the thread pool or as streams (dev bench).
+    two per thread (:func:`matvec_bf16_lines`). Small ones (under `SERIAL_BELOW` weights,
+    e.g. PLE's 256 x 1536 gates) stay on one core. Rows whose length is not a multiple of 32
+    take the plain loop, :func:`matvec_bf16_rows`.
     """
     out = np.empty(w.shape[0], np.float32)
+    cap = np.float32(cap)
+    if w.shape[1] % 32 or not w.flags.c_contiguous:
+        matvec_bf16_rows(w, x, out, 0, w.shape[0], cap)
+        return out
+    x_even, x_odd = np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2])
     if w.size < SERIAL_BELOW:
-        matvec_bf16_rows(w, x, out, 0, w.shape[0], np.float32(cap))
+        matvec_bf16_lines(w, x_even, x_odd, out, 0, w.shape[0], cap)
     else:
-        matvec_bf16_parallel(w, x, out, 2 * numba.get_num_threads(), np.float32(cap))
+        matvec_bf16_parallel(w, x_even, x_odd, out, 2 * numba.get_num_threads(), cap)
     return out
 
 

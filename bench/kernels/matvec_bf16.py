@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit, prange
 from timing import best_gbs, copies_for
 
+from gemma4_ref import linear
 from gemma4_ref.linear import bf16_to_f32, bits_to_f32, linear_ref, matvec_bf16, matvec_bf16_rows
 
 FM = {"reassoc", "contract"}
@@ -99,6 +100,43 @@ def v6_far8(w, x, out, n_chunks):
         matvec_bf16_rows(w, x, out, lo + 8 * q, hi, np.float32(0.0))
 
 
+@njit(parallel=True, cache=True, fastmath=FM)
+def v7_far4(w, x, out, n_chunks):
+    # the package kernel until 2026-12-01: four far-apart rows at a time, in Numba's own loop
+    n_out, n_in = w.shape
+    step = (n_out + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        lo = c * step
+        hi = min(lo + step, n_out)
+        q = (hi - lo) // 4
+        for o in range(lo, lo + q):
+            r0, r1, r2, r3 = w[o], w[o + q], w[o + 2 * q], w[o + 3 * q]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for i in range(n_in):
+                xi = x[i]
+                a0 += bits_to_f32(np.uint32(r0[i]) << 16) * xi
+                a1 += bits_to_f32(np.uint32(r1[i]) << 16) * xi
+                a2 += bits_to_f32(np.uint32(r2[i]) << 16) * xi
+                a3 += bits_to_f32(np.uint32(r3[i]) << 16) * xi
+            out[o], out[o + q], out[o + 2 * q], out[o + 3 * q] = a0, a1, a2, a3
+        matvec_bf16_rows(w, x, out, lo + 4 * q, hi, np.float32(0.0))
+
+
+_four_rows_no_prefetch = linear._bf16_rows_dot(4, ahead=0)
+
+
+@njit(parallel=True, cache=True)
+def v8_ir_no_prefetch(w, xe, xo, out, n_chunks):
+    # the package's LLVM IR loop (64-byte lines, shift-and-mask widening) without prefetch
+    n_out = w.shape[0]
+    step = (n_out + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        lo = c * step
+        q = (min(lo + step, n_out) - lo) // 4
+        for r in range(lo, lo + q):
+            _four_rows_no_prefetch(w, xe, xo, out, r, q)
+
+
 def bench_shape(n_out: int, n_in: int, rng: np.random.Generator) -> str:
     nbytes = n_out * n_in * 2
     ws = [
@@ -106,6 +144,7 @@ def bench_shape(n_out: int, n_in: int, rng: np.random.Generator) -> str:
         for _ in range(copies_for(nbytes))
     ]
     x = rng.standard_normal(n_in).astype(np.float32)
+    xe, xo = np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2])
     ref = linear_ref(x[None], ws[0], "bf16")[0]
     out = np.empty(n_out, np.float32)
     zero = np.float32(0.0)
@@ -115,8 +154,14 @@ def bench_shape(n_out: int, n_in: int, rng: np.random.Generator) -> str:
         "v3 serial": lambda w: matvec_bf16_rows(w, x, out, 0, n_out, zero),
         "v5 2 rows, chunks": lambda w: v5_rows2_chunks(w, x, out, 4),
         "v6 8 far rows": lambda w: v6_far8(w, x, out, 4),
-        "package (4 far rows)": lambda w: out.__setitem__(slice(None), matvec_bf16(w, x)),
+        "v7 4 far rows": lambda w: v7_far4(w, x, out, 4),
+        "v8 IR lines, no prefetch": lambda w: v8_ir_no_prefetch(w, xe, xo, out, 4),
+        "package (IR lines, 4 far rows, prefetch)": lambda w: out.__setitem__(
+            slice(None), matvec_bf16(w, x)
+        ),
     }
+    if n_out % 8:  # v8 leaves the rows past a multiple of 4 a chunk to the package
+        del variants["v8 IR lines, no prefetch"]
     # the yardstick: BLAS sgemv on float32 weights (twice the bytes)
     w32 = [bf16_to_f32(w) for w in ws[: max(1, len(ws) // 2)]]
     _, gbs = best_gbs(lambda w: w @ x, w32, 2 * nbytes)
@@ -132,7 +177,9 @@ def bench_shape(n_out: int, n_in: int, rng: np.random.Generator) -> str:
 
 def main() -> None:
     rng = np.random.default_rng(0)
-    shapes = [(12288, 1536), (1536, 12288), (6144, 1536), (2048, 1536), (256, 1536), (1536, 256)]
+    # the first is E2B's tied head (262144 x 1536, 805 MB): larger than any cache
+    shapes = [(262144, 1536), (12288, 1536), (1536, 12288), (6144, 1536), (2048, 1536)]
+    shapes += [(256, 1536), (1536, 256)]
     for n_out, n_in in shapes:
         print(bench_shape(n_out, n_in, rng), flush=True)
 

@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit, prange
 from timing import best_gbs, copies_for
 
+from gemma4_ref import int4_lut
 from gemma4_ref.int4 import (
     _block_dot,
     _round_bf16,
@@ -147,10 +148,14 @@ def bench_shape(n_out: int, n_in: int, rng: np.random.Generator, group: int = 32
         "v4 lanes": lambda p: v4_vec_acc(p, scale, xe, xo, out, group),
         "v5 unrounded (inexact)": lambda p: v5_unrounded(p, scale, xe, xo, out, group),
         "v6 one sum": lambda p: v6_one_sum(p, scale, xe, xo, out, group),
-        "package (float nibbles, 4 sums)": lambda p: out.__setitem__(
+        "package portable (float nibbles, 4 sums)": lambda p: out.__setitem__(
             slice(None), qmatvec_int4_bf16(p, scale, x, group)
         ),
     }
+    if int4_lut.AVAILABLE:  # the package kernel on AVX-512: one vpermps per 16 weights
+        variants["package AVX-512 (table permutes, 4 far rows)"] = lambda p: out.__setitem__(
+            slice(None), int4_lut.qmatvec_lut(p, scale, x, group)
+        )
     line = f"{n_out:>6} x {n_in:<6}"
     for name, fn in variants.items():
         fn(ps[0])
