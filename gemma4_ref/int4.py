@@ -34,7 +34,14 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from . import int4_lut
-from .linear import SERIAL_BELOW, bf16_to_f32, bits_to_f32, f32_to_bf16, f32_to_bits
+from .linear import (
+    MATVEC_SERIAL_BELOW,
+    SERIAL_BELOW,
+    bf16_to_f32,
+    bits_to_f32,
+    f32_to_bf16,
+    f32_to_bits,
+)
 
 # --- scalar helpers for the kernels -----------------------------------------------------------
 
@@ -238,10 +245,6 @@ def _qmatvec_int4_bf16_rows(packed, scale, block_scale, x_even, x_odd, out, lo, 
         out[r] = (a0 + a1) + (a2 + a3)
 
 
-#: int4 matrices with fewer weights than this run their matvec on one core.
-INT4_SERIAL_BELOW = 1 << 16
-
-
 @njit(parallel=True, cache=True)
 def _qmatvec_int4_bf16_parallel(packed, scale, block_scale, x_even, x_odd, out, chunks):
     # The rows kernel over `chunks` contiguous blocks of rows, spread over the cores.
@@ -264,7 +267,7 @@ def qmatvec_int4_bf16(packed: np.ndarray, scale: np.ndarray, x: np.ndarray, grou
     x_even, x_odd = np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2])
     # each block's scale column is looked up: an integer division per block cost 1.2x
     block_scale = np.arange(packed.shape[1] // 16) // (group // 32)
-    if 2 * packed.size < INT4_SERIAL_BELOW:
+    if 2 * packed.size < MATVEC_SERIAL_BELOW:
         _qmatvec_int4_bf16_rows(packed, scale, block_scale, x_even, x_odd, out, 0, len(out))
     else:
         chunks = 2 * numba.get_num_threads()

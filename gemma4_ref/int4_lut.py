@@ -38,6 +38,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import simd
+from .linear import MATVEC_SERIAL_BELOW
 
 
 def _lut_rows() -> np.ndarray:
@@ -197,11 +198,6 @@ def _lut_parallel(packed, scale, block_scale, x_even, x_odd, lut, out):
         _dot_one_row(packed, scale, block_scale, x_even, x_odd, lut, out, r, 0)
 
 
-#: matrices with fewer weights than this run on one core (PLE's 256 x 1536 gates still gain
-#: from two)
-LUT_SERIAL_BELOW = 1 << 16
-
-
 def qmatvec_lut(packed: np.ndarray, scale: np.ndarray, x: np.ndarray, group: int) -> np.ndarray:
     """out = W x for the published layout, with AVX-512 table lookups.
 
@@ -216,6 +212,6 @@ def qmatvec_lut(packed: np.ndarray, scale: np.ndarray, x: np.ndarray, group: int
     block_scale = np.arange(packed.shape[1] // 16) // (group // 32)  # scale column of a block
     packed, scale = np.ascontiguousarray(packed), np.ascontiguousarray(scale)
     out = np.empty(packed.shape[0], np.float32)
-    kernel = _lut_serial if 2 * packed.size < LUT_SERIAL_BELOW else _lut_parallel
+    kernel = _lut_serial if 2 * packed.size < MATVEC_SERIAL_BELOW else _lut_parallel
     kernel(packed, scale, block_scale, x_even, x_odd, LUT_ROWS, out)
     return out

@@ -28,9 +28,12 @@ if TYPE_CHECKING:
 
 # Rows widened per BLAS call in the prefill path: about 16 MB of float32 at a time.
 _TILE_FLOATS = 4 * 1024 * 1024
-#: Matrices with fewer weights than this run their matvec on one core (dev bench:
-#: bench/kernels/matvec_bf16.py; a 256 x 1536 bf16 matvec is twice as fast serial).
+#: Prefill tiles with fewer weights than this are widened or dequantized on one core: a thread
+#: pool of our own between BLAS calls fights OpenBLAS's threads for the cores.
 SERIAL_BELOW = 1 << 20
+#: Decode matvecs (bf16 and int4) with fewer weights than this run on one core. E2B's smallest,
+#: the 256 x 1536 k/v projections and PLE gates, gain from two: bf16 decode 168 -> 163 ms a step.
+MATVEC_SERIAL_BELOW = 1 << 16
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -202,7 +205,7 @@ def matvec_bf16(w: np.ndarray, x: np.ndarray, cap: float = 0.0) -> np.ndarray:
 
     Decode streams each weight from memory once, so one core cannot keep up (it reads about
     half the machine's bandwidth): large matrices are split into contiguous blocks of rows,
-    two per thread (:func:`matvec_bf16_lines`). Small ones (under `SERIAL_BELOW` weights,
+    two per thread (:func:`matvec_bf16_lines`). Small ones (under `MATVEC_SERIAL_BELOW` weights,
     e.g. PLE's 256 x 1536 gates) stay on one core. Rows whose length is not a multiple of 32
     take the plain loop, :func:`matvec_bf16_rows`.
     """
@@ -212,7 +215,7 @@ def matvec_bf16(w: np.ndarray, x: np.ndarray, cap: float = 0.0) -> np.ndarray:
         matvec_bf16_rows(w, x, out, 0, w.shape[0], cap)
         return out
     x_even, x_odd = np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2])
-    if w.size < SERIAL_BELOW:
+    if w.size < MATVEC_SERIAL_BELOW:
         matvec_bf16_lines(w, x_even, x_odd, out, 0, w.shape[0], cap)
     else:
         matvec_bf16_parallel(w, x_even, x_odd, out, 2 * numba.get_num_threads(), cap)

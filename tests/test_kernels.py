@@ -19,7 +19,7 @@ from gemma4_ref.attention import (
 )
 from gemma4_ref.config import RopeSpec
 from gemma4_ref.linear import (
-    SERIAL_BELOW,
+    MATVEC_SERIAL_BELOW,
     Linear,
     bf16_to_f32,
     f32_to_bf16,
@@ -60,9 +60,9 @@ def test_linear_kernel_matches_reference(rows, dtype, shape):
 
 
 @pytest.mark.parametrize("n_in", [512, 500])
-@pytest.mark.parametrize("n_out", [3, 7, 1001, SERIAL_BELOW // 512 + 3])
+@pytest.mark.parametrize("n_out", [3, 7, MATVEC_SERIAL_BELOW // 512 + 3, 1001])
 def test_matvec_bf16_serial_parallel_and_capped(n_out, n_in):
-    """Both decode paths (one core below SERIAL_BELOW weights, blocks of rows over all cores
+    """Both decode paths (one core below MATVEC_SERIAL_BELOW weights, blocks of rows over all cores
     above), with row counts that leave 0-3 rows past the four streams of a block, and the
     fused soft-cap of the head. 512 inputs take the LLVM IR loop (32 weights a step); 500 are
     not a multiple of 32 and take the plain loop. The weights are read-only, as when they are
