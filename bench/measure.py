@@ -75,10 +75,11 @@ def _clock(fn) -> float:
 
 def ours(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
+    # gemma4_ref before NumPy, as in the CLI: it sets OpenBLAS's thread timeout, which OpenBLAS
+    # reads only when NumPy loads it
+    import gemma4_ref  # isort: skip
     import numba
     import numpy as np
-
-    import gemma4_ref
 
     t1 = time.perf_counter()
     model = gemma4_ref.load_model(args.model)

@@ -36,10 +36,9 @@ def main() -> None:
     args = p.parse_args()
     folder = Path(args.model) if args.model else models.MODELS["e2b"].folder(args.format)
 
+    import gemma4_ref  # isort: skip  (before NumPy: see measure.ours)
     import numpy as np
     from measure import prompt_ids
-
-    import gemma4_ref
 
     model = gemma4_ref.load_model(folder)
     print(f"{folder}: {model.config.num_hidden_layers} layers")

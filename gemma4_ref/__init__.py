@@ -7,7 +7,15 @@
 
 import os
 
-import numba
+# OpenBLAS's threads spin after each BLAS call for 2^28 cycles (about 0.1 s) before they sleep.
+# Prefill ends its BLAS products and goes on with Numba's matvecs (the KV-shared layers' last
+# token, the head), which then shared the 2 cores with spinning threads: on E2B those matvecs
+# took 185 ms instead of 112. 2^10 cycles is a fraction of a microsecond. OpenBLAS reads this
+# when NumPy loads it, so it applies only where gemma4_ref is imported before NumPy (the CLI,
+# the bench); set the variable yourself otherwise.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "10")
+
+import numba  # noqa: E402
 
 # Numba's thread pool. OpenMP (GNU libgomp) wakes its threads fastest, which decode needs: a
 # step is ~280 short parallel calls, and with Numba's `workqueue` pool a 2-core Xeon VM lost

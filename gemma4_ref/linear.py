@@ -226,13 +226,23 @@ def matvec_bf16(w: np.ndarray, x: np.ndarray, cap: float = 0.0) -> np.ndarray:
 def widen_bf16_rows(w: np.ndarray, out: np.ndarray) -> None:
     """Widen a block of bf16 rows into a float32 buffer.  # [rows, in] u16 -> [rows, in] f32
 
-    On one core on purpose: prefill alternates this with BLAS calls, and Numba's OpenMP
-    threads, spinning between regions, fought OpenBLAS's (and torch's, when it is loaded) for
-    the 2 cores: E2B prefill 128 ran 1.34 s with a parallel widen, 1.22 s without, and the
-    demo model's perplexity beside torch 16x slower.
+    On one core: for small tiles, waking a thread pool between BLAS calls costs more than it
+    saves, and beside torch (tests, notebooks) our threads fight torch's for the cores (the
+    demo model's perplexity ran 16x slower with every tile parallel).
     """
     bits = out.view(np.uint32)
     for r in range(w.shape[0]):
+        for i in range(w.shape[1]):
+            bits[r, i] = np.uint32(w[r, i]) << 16
+
+
+@njit(parallel=True, cache=True)
+def widen_bf16_rows_parallel(w: np.ndarray, out: np.ndarray) -> None:
+    """widen_bf16_rows with the rows spread over the cores, for tiles of `SERIAL_BELOW` weights
+    and more (E2B's are 4M: prefill 128 1.13 -> 1.06 s, once OpenBLAS's threads no longer spin
+    between calls; see `gemma4_ref/__init__.py`)."""
+    bits = out.view(np.uint32)
+    for r in prange(w.shape[0]):
         for i in range(w.shape[1]):
             bits[r, i] = np.uint32(w[r, i]) << 16
 
@@ -247,7 +257,8 @@ def _matmul_tiled(x: np.ndarray, w: np.ndarray, dtype: str) -> np.ndarray:
         hi = min(lo + rows, n_out)
         tile = buf[: hi - lo]
         if dtype == "bf16":
-            widen_bf16_rows(w[lo:hi], tile)
+            widen = widen_bf16_rows if tile.size < SERIAL_BELOW else widen_bf16_rows_parallel
+            widen(w[lo:hi], tile)
         else:
             tile[...] = w[lo:hi]
         y[:, lo:hi] = x @ tile.T

@@ -22,6 +22,26 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(inner))
 
 
+def gelu_tanh_times(g: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """gelu_tanh(g) * other.  # g, other [S, N] f32 -> [S, N] f32
+
+    The same formula as :func:`gelu_tanh`, worked in place in one new array instead of a new
+    array per operation: 3x faster on a prefill's [128, 6144] gate (5.5 -> 1.8 ms), which E2B
+    prefill runs 15 times.
+    """
+    t = g * g
+    t *= np.float32(0.044715)
+    t += np.float32(1.0)
+    t *= g
+    t *= _SQRT_2_OVER_PI  # sqrt(2/pi) (x + 0.044715 x^3)
+    np.tanh(t, out=t)
+    t += np.float32(1.0)
+    t *= g
+    t *= np.float32(0.5)
+    t *= other
+    return t
+
+
 class GatedMLP:
     """Gemma's GeGLU feed-forward block."""
 
@@ -30,4 +50,4 @@ class GatedMLP:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """# [S, H] -> [S, H]"""
-        return self.down(gelu_tanh(self.gate(x)) * self.up(x))
+        return self.down(gelu_tanh_times(self.gate(x), self.up(x)))

@@ -26,7 +26,7 @@ from gemma4_ref.linear import (
     linear_ref,
     matvec_bf16,
 )
-from gemma4_ref.mlp import gelu_tanh
+from gemma4_ref.mlp import gelu_tanh, gelu_tanh_times
 from gemma4_ref.norm import rms_norm, rms_norm_ref
 from gemma4_ref.rope import apply_rope, apply_rope_ref, cos_sin, inv_freq
 
@@ -103,6 +103,17 @@ def test_gelu_tanh_matches_torch():
     x = (rng.standard_normal(1000) * 4).astype(np.float32)
     ref = F.gelu(torch.from_numpy(x), approximate="tanh").numpy()
     assert np.abs(gelu_tanh(x) - ref).max() < 1e-5
+
+
+def test_gated_gelu_matches_torch():
+    """The MLP's in-place `gelu_tanh(g) * up` against torch's gelu(tanh) times up, and its
+    inputs are left as they were."""
+    g = (rng.standard_normal((7, 300)) * 4).astype(np.float32)
+    up = rng.standard_normal((7, 300)).astype(np.float32)
+    g0, up0 = g.copy(), up.copy()
+    want = (F.gelu(torch.from_numpy(g), approximate="tanh") * torch.from_numpy(up)).numpy()
+    assert rel(gelu_tanh_times(g, up), want) < 1e-5
+    assert np.array_equal(g, g0) and np.array_equal(up, up0)
 
 
 @pytest.mark.parametrize(
