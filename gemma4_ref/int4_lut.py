@@ -5,9 +5,9 @@ every weight as `bf16(q * s)`, and q takes only 16 values, -8..7. So the 32 weig
 take at most 16 distinct values. Build those 16 floats once per group, in one 512-bit register,
 and the AVX-512 instruction `vpermps` then picks 16 weights at a time, each by the 4-bit index it
 is stored as: the nibble *is* the table index, since q + 8 is what the file stores. Per 32
-weights that is one widening load of 16 bytes, one shift, two permutes and two FMAs -- against
-about ten operations per 16 weights when each weight is scaled and rounded on its own
-(`int4._block_dot`).
+weights that is one widening load of 16 bytes, one shift, two permutes and two FMAs, plus the
+table's load and multiply: 8 vector operations, against about 9 per 16 weights when each
+weight is scaled and rounded on its own (`int4._block_dot`).
 
 **The table without rounding in the loop.** A normal bf16 scale is s = ±2^e * (1 + m/128),
 m = 0..127. Multiplying by a power of two commutes with rounding (nothing here underflows:
@@ -136,12 +136,9 @@ def _rows_dot(n_rows: int):
                 ir.FunctionType(simd.F32X16, [simd.F32X16, simd.I32X16]),
                 "llvm.x86.avx512.permvar.sf.512",
             )
-            index, rows, scales = [], [], []
-            for k in range(n_rows):
-                r = builder.add(r0, builder.mul(stride, ir.Constant(simd.I64, k)))
-                index.append(r)
-                rows.append(builder.gep(p.data, [builder.mul(r, n_in_half)]))
-                scales.append(builder.gep(s.data, [builder.mul(r, n_groups)]))
+            index = simd.strided_rows(builder, r0, stride, n_rows)
+            rows = [builder.gep(p.data, [builder.mul(r, n_in_half)]) for r in index]
+            scales = [builder.gep(s.data, [builder.mul(r, n_groups)]) for r in index]
             # two sums a row (low and high nibbles), so consecutive FMAs do not wait
             sums = simd.zero_sums(builder, 2 * n_rows)
             n_blocks = builder.udiv(n_in_half, ir.Constant(simd.I64, 16))
@@ -163,9 +160,7 @@ def _rows_dot(n_rows: int):
                     w_hi = builder.call(permute, [table, builder.lshr(byte, simd.splat_i32(4))])
                     simd.accumulate(builder, sums[2 * k], w_lo, x_lo)
                     simd.accumulate(builder, sums[2 * k + 1], w_hi, x_hi)
-            for k in range(n_rows):
-                total = builder.fadd(builder.load(sums[2 * k]), builder.load(sums[2 * k + 1]))
-                builder.store(simd.horizontal_sum(builder, total), builder.gep(o.data, [index[k]]))
+            simd.store_row_sums(builder, sums, o.data, index)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -178,24 +173,24 @@ _dot_one_row = _rows_dot(1)
 
 
 @njit(cache=True)
-def _lut_serial(packed, scale, block_scale, x_even, x_odd, lut, out):
-    # the whole matvec on one core: rows r, r + q, r + 2q, r + 3q together, then the rest
-    quarter = packed.shape[0] // 4
-    for r in range(quarter):
-        _dot_four_rows(packed, scale, block_scale, x_even, x_odd, lut, out, r, quarter)
-    for r in range(4 * quarter, packed.shape[0]):
+def _lut_block(packed, scale, block_scale, x_even, x_odd, lut, out, lo, hi):
+    # rows lo..hi on one core: rows r, r + q, r + 2q, r + 3q of the block together (four read
+    # streams; q is a quarter of the block), then the last (hi - lo) % 4 rows one by one
+    q = (hi - lo) // 4
+    for r in range(lo, lo + q):
+        _dot_four_rows(packed, scale, block_scale, x_even, x_odd, lut, out, r, q)
+    for r in range(lo + 4 * q, hi):
         _dot_one_row(packed, scale, block_scale, x_even, x_odd, lut, out, r, 0)
 
 
 @njit(parallel=True, cache=True)
-def _lut_parallel(packed, scale, block_scale, x_even, x_odd, lut, out):
-    # as _lut_serial, the row quartets spread over the cores (each core takes a contiguous
-    # range of r, so it reads four streams, one in each quarter of the matrix)
-    quarter = packed.shape[0] // 4
-    for r in prange(quarter):
-        _dot_four_rows(packed, scale, block_scale, x_even, x_odd, lut, out, r, quarter)
-    for r in prange(4 * quarter, packed.shape[0]):
-        _dot_one_row(packed, scale, block_scale, x_even, x_odd, lut, out, r, 0)
+def _lut_parallel(packed, scale, block_scale, x_even, x_odd, lut, out, chunks):
+    # _lut_block over `chunks` contiguous blocks of rows, spread over the cores
+    n_out = packed.shape[0]
+    step = -(-n_out // chunks)
+    for c in prange(chunks):
+        lo, hi = c * step, min(n_out, (c + 1) * step)
+        _lut_block(packed, scale, block_scale, x_even, x_odd, lut, out, lo, hi)
 
 
 def qmatvec_lut(packed: np.ndarray, scale: np.ndarray, x: np.ndarray, group: int) -> np.ndarray:
@@ -207,11 +202,22 @@ def qmatvec_lut(packed: np.ndarray, scale: np.ndarray, x: np.ndarray, group: int
     """
     if not AVAILABLE:
         raise RuntimeError("qmatvec_lut needs AVX-512F; use int4.qmatvec_int4_bf16 on this CPU")
+    n_in = x.shape[0]
+    fits = group % 32 == 0 and packed.shape[1] * 2 == n_in
+    if not fits or scale.shape != (packed.shape[0], n_in // group):
+        raise ValueError(
+            f"qmatvec_lut: packed {packed.shape}, scale {scale.shape}, x {x.shape} and group "
+            f"{group} do not fit: want packed [out, in/2], scale [out, in/group], x [in], "
+            "group a multiple of 32"
+        )
     x = x.astype(np.float32, copy=False)
     x_even, x_odd = np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2])
     block_scale = np.arange(packed.shape[1] // 16) // (group // 32)  # scale column of a block
     packed, scale = np.ascontiguousarray(packed), np.ascontiguousarray(scale)
     out = np.empty(packed.shape[0], np.float32)
-    kernel = _lut_serial if 2 * packed.size < MATVEC_SERIAL_BELOW else _lut_parallel
-    kernel(packed, scale, block_scale, x_even, x_odd, LUT_ROWS, out)
+    args = (packed, scale, block_scale, x_even, x_odd, LUT_ROWS, out)
+    if 2 * packed.size < MATVEC_SERIAL_BELOW:
+        _lut_block(*args, 0, packed.shape[0])
+    else:
+        _lut_parallel(*args, 2 * numba.get_num_threads())
     return out

@@ -138,11 +138,9 @@ def _bf16_rows_dot(n_rows: int, ahead: int = simd.PREFETCH_BYTES):
             r0, stride = args[4], args[5]
             n_in = cgutils.unpack_tuple(builder, wa.shape)[1]
             lines = simd.I32X16.as_pointer()
-            index, rows = [], []
-            for k in range(n_rows):
-                r = builder.add(r0, builder.mul(stride, ir.Constant(simd.I64, k)))
-                index.append(r)
-                rows.append(builder.bitcast(builder.gep(wa.data, [builder.mul(r, n_in)]), lines))
+            index = simd.strided_rows(builder, r0, stride, n_rows)
+            starts = [builder.gep(wa.data, [builder.mul(r, n_in)]) for r in index]
+            rows = [builder.bitcast(start, lines) for start in starts]
             sums = simd.zero_sums(builder, 2 * n_rows)
             n_lines = builder.udiv(n_in, ir.Constant(simd.I64, 32))
             with cgutils.for_range(builder, n_lines) as loop:
@@ -158,9 +156,7 @@ def _bf16_rows_dot(n_rows: int, ahead: int = simd.PREFETCH_BYTES):
                     w_hi = builder.bitcast(builder.and_(pair, simd.splat_i32(-65536)), simd.F32X16)
                     simd.accumulate(builder, sums[2 * k], w_lo, x_lo)
                     simd.accumulate(builder, sums[2 * k + 1], w_hi, x_hi)
-            for k in range(n_rows):
-                total = builder.fadd(builder.load(sums[2 * k]), builder.load(sums[2 * k + 1]))
-                builder.store(simd.horizontal_sum(builder, total), builder.gep(o.data, [index[k]]))
+            simd.store_row_sums(builder, sums, o.data, index)
             return context.get_dummy_value()
 
         return sig, codegen

@@ -80,6 +80,18 @@ def horizontal_sum(builder: ir.IRBuilder, v) -> ir.Value:
     return builder.extract_element(v, ir.Constant(I32, 0))
 
 
+def strided_rows(builder: ir.IRBuilder, r0, stride, n_rows: int) -> list:
+    """The row numbers r0 + k * stride for k < n_rows (i64 values)."""
+    return [builder.add(r0, builder.mul(stride, ir.Constant(I64, k))) for k in range(n_rows)]
+
+
+def store_row_sums(builder: ir.IRBuilder, sums: list, out, rows: list) -> None:
+    """out[rows[k]] = every lane of sums[2k] and sums[2k + 1] added up (each row's two sums)."""
+    for k, r in enumerate(rows):
+        total = builder.fadd(builder.load(sums[2 * k]), builder.load(sums[2 * k + 1]))
+        builder.store(horizontal_sum(builder, total), builder.gep(out, [r]))
+
+
 def zero_sums(builder: ir.IRBuilder, count: int) -> list:
     """`count` vector accumulators, each a stack slot that LLVM keeps in a register."""
     zero = ir.Constant(F32X16, [0.0] * 16)

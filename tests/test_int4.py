@@ -442,6 +442,9 @@ def test_lookup_kernel_with_extreme_and_subnormal_scales():
     got = int4_lut.qmatvec_lut(packed, scale, x, 32)
     assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want[4:]).max())
 
+    with pytest.raises(ValueError, match="do not fit"):
+        int4_lut.qmatvec_lut(packed, scale, x[:-32], 32)
+
     scale[5, 1] = 0x0042  # subnormal
     assert not int4_lut.scales_supported(scale)
     with pytest.raises(ValueError, match="subnormal"):
