@@ -132,7 +132,8 @@ def tables(data: dict, names: list[str]) -> str:
     mach = data.get("machine", {})
     out.append(
         f"Machine: {mach.get('cpu', '?')}, {mach.get('cores', '?')} cores; read bandwidth "
-        f"{_f(bw and bw / GB)} GB/s (best of a Numba prange sum and a NumPy sgemv over 2 GB)."
+        f"{_f(bw and bw / GB)} GB/s (best of a Numba prange sum, a NumPy sgemv and this "
+        "package's bf16 matvec over 2 GB)."
     )
 
     # speeds, one table per phase

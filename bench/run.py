@@ -289,7 +289,8 @@ def measure_bandwidth(res: Results, threads: int, run: list[dict]) -> None:
     res.save()
     say(
         f"  bandwidth {r['gbs']:.1f} GB/s (numba prange sum {r['numba_prange_sum_gbs']:.1f}, "
-        f"numpy sgemv {r['numpy_sgemv_gbs']:.1f}); this run's best {best['gbs']:.1f} GB/s"
+        f"numpy sgemv {r['numpy_sgemv_gbs']:.1f}, bf16 matvec {r.get('bf16_matvec_gbs', 0):.1f}); "
+        f"this run's best {best['gbs']:.1f} GB/s"
     )
 
 
