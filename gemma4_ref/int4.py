@@ -39,6 +39,7 @@ from .linear import (
     SERIAL_BELOW,
     bf16_to_f32,
     bits_to_f32,
+    even_odd,
     f32_to_bf16,
     f32_to_bits,
 )
@@ -264,9 +265,8 @@ def qmatvec_int4_bf16(packed: np.ndarray, scale: np.ndarray, x: np.ndarray, grou
     so a second core pays off from far smaller matrices (2x on PLE's 256 x 1536 gates).
     """
     out = np.empty(packed.shape[0], np.float32)
-    x_even, x_odd = np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2])
-    # each block's scale column is looked up: an integer division per block cost 1.2x
-    block_scale = np.arange(packed.shape[1] // 16) // (group // 32)
+    x_even, x_odd = even_odd(x)
+    block_scale = int4_lut.block_scale_columns(packed.shape[1], group)
     if 2 * packed.size < MATVEC_SERIAL_BELOW:
         _qmatvec_int4_bf16_rows(packed, scale, block_scale, x_even, x_odd, out, 0, len(out))
     else:
@@ -385,7 +385,6 @@ class QuantizedLinear:
         """y = x W^T.  # [S, in] f32 -> [S, out] f32"""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.shape[0] == 1:
-            out = np.empty(self.out_features, np.float32)
             bits = self.args.num_bits
             if bits == 4 and self.drop == 16 and self.zero.size == 0 and self.group % 32 == 0:
                 # the published layout (symmetric int4, bf16 scales) has its own fast kernels:
@@ -394,6 +393,7 @@ class QuantizedLinear:
                     self._lut = int4_lut.AVAILABLE and int4_lut.scales_supported(self.scale)
                 kernel = int4_lut.qmatvec_lut if self._lut else qmatvec_int4_bf16
                 return kernel(self.packed, self.scale, x[0], self.group)[None, :]
+            out = np.empty(self.out_features, np.float32)
             qmatvec(self.packed, self.scale, self.zero, x[0], out, bits, self.group, self.drop)
             return out[None, :]
         y = np.empty((x.shape[0], self.out_features), np.float32)

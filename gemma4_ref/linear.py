@@ -196,6 +196,15 @@ def matvec_bf16_parallel(w, x_even, x_odd, out, chunks, cap):
         matvec_bf16_lines(w, x_even, x_odd, out, c * step, min(n_out, (c + 1) * step), cap)
 
 
+def even_odd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x split into its even and odd entries, each contiguous.  # [in] -> [in/2], [in/2]
+
+    The decode kernels read weights in pairs (2i, 2i + 1: the halves of a 32-bit bf16 pair, the
+    nibbles of an int4 byte), and meet each half against contiguous inputs.
+    """
+    return np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2])
+
+
 def matvec_bf16(w: np.ndarray, x: np.ndarray, cap: float = 0.0) -> np.ndarray:
     """y = W x for bf16 W, optionally soft-capped.  # [out, in] u16, [in] f32 -> [out] f32
 
@@ -210,7 +219,7 @@ def matvec_bf16(w: np.ndarray, x: np.ndarray, cap: float = 0.0) -> np.ndarray:
     if w.shape[1] % 32 or not w.flags.c_contiguous:
         matvec_bf16_rows(w, x, out, 0, w.shape[0], cap)
         return out
-    x_even, x_odd = np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2])
+    x_even, x_odd = even_odd(x)
     if w.size < MATVEC_SERIAL_BELOW:
         matvec_bf16_lines(w, x_even, x_odd, out, 0, w.shape[0], cap)
     else:

@@ -11,7 +11,14 @@ from numba import njit, prange
 from timing import best_gbs, copies_for
 
 from gemma4_ref import linear
-from gemma4_ref.linear import bf16_to_f32, bits_to_f32, linear_ref, matvec_bf16, matvec_bf16_rows
+from gemma4_ref.linear import (
+    bf16_to_f32,
+    bits_to_f32,
+    even_odd,
+    linear_ref,
+    matvec_bf16,
+    matvec_bf16_rows,
+)
 
 FM = {"reassoc", "contract"}
 
@@ -144,7 +151,7 @@ def bench_shape(n_out: int, n_in: int, rng: np.random.Generator) -> str:
         for _ in range(copies_for(nbytes))
     ]
     x = rng.standard_normal(n_in).astype(np.float32)
-    xe, xo = np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2])
+    xe, xo = even_odd(x)
     ref = linear_ref(x[None], ws[0], "bf16")[0]
     out = np.empty(n_out, np.float32)
     zero = np.float32(0.0)

@@ -21,7 +21,7 @@ from gemma4_ref.int4 import (
     qmatvec_int4_bf16,
     unpack_ref,
 )
-from gemma4_ref.linear import bf16_to_f32, bits_to_f32
+from gemma4_ref.linear import bf16_to_f32, bits_to_f32, even_odd
 
 FM = {"reassoc", "contract"}
 
@@ -136,7 +136,7 @@ def bench_shape(n_out: int, n_in: int, rng: np.random.Generator, group: int = 32
     nbytes = packed.nbytes + scale.nbytes
     ps = [packed.copy() for _ in range(copies_for(nbytes))]
     x = rng.standard_normal(n_in).astype(np.float32)
-    xe, xo = np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2])
+    xe, xo = even_odd(x)
     w = dequantize_ref(q, bf16_to_f32(scale), None, group, "bf16")
     ref = (w.astype(np.float64) @ x.astype(np.float64)).astype(np.float32)
     out = np.empty(n_out, np.float32)
