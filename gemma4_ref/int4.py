@@ -361,7 +361,13 @@ class QuantizedLinear:
         self.scale_dtype = scale_dtype
         self.drop = ROUND_DROP[scale_dtype]
         self.zero = _NO_ZERO if zero is None else zero  # int8 [out, G], unpacked at load
-        self._lut: bool | None = None  # whether int4_lut's kernel applies; found at first use
+        # the published layout (symmetric int4, bf16 scales, groups of 32k) has its own fast
+        # decode kernels: table lookups with AVX-512 (tables made at first use), float nibbles
+        # elsewhere
+        self.published = (
+            args.num_bits == 4 and self.drop == 16 and self.zero.size == 0 and self.group % 32 == 0
+        )
+        self._tables: int4_lut.GroupTables | None = None
 
     @property
     def nbytes(self) -> int:
@@ -381,19 +387,25 @@ class QuantizedLinear:
             dequant_rows_parallel(*args, self.drop, out)
         return out
 
+    def _lookup_ready(self) -> bool:
+        """Whether decode can take int4_lut's kernel (AVX-512, the published layout). Builds
+        the tables at the first call."""
+        if not (int4_lut.AVAILABLE and self.published):
+            return False
+        if self._tables is None:  # one pass over the scales, at the first token
+            self._tables = int4_lut.group_tables(self.scale)
+        return True
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """y = x W^T.  # [S, in] f32 -> [S, out] f32"""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.shape[0] == 1:
-            bits = self.args.num_bits
-            if bits == 4 and self.drop == 16 and self.zero.size == 0 and self.group % 32 == 0:
-                # the published layout (symmetric int4, bf16 scales) has its own fast kernels:
-                # table lookups with AVX-512, float nibbles elsewhere
-                if self._lut is None:  # one pass over the scales, at the first token
-                    self._lut = int4_lut.AVAILABLE and int4_lut.scales_supported(self.scale)
-                kernel = int4_lut.qmatvec_lut if self._lut else qmatvec_int4_bf16
-                return kernel(self.packed, self.scale, x[0], self.group)[None, :]
+            if self._lookup_ready():
+                return int4_lut.qmatvec_lut(self.packed, self._tables, x[0], self.group)[None, :]
+            if self.published:
+                return qmatvec_int4_bf16(self.packed, self.scale, x[0], self.group)[None, :]
             out = np.empty(self.out_features, np.float32)
+            bits = self.args.num_bits
             qmatvec(self.packed, self.scale, self.zero, x[0], out, bits, self.group, self.drop)
             return out[None, :]
         y = np.empty((x.shape[0], self.out_features), np.float32)

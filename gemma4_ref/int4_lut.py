@@ -1,33 +1,36 @@
-"""int4 decode by table lookup: 16 weights per AVX-512 permute, still bit-exact.
+"""int4 decode by table lookup: 16 weights per AVX-512 permute, bit-exact.
 
 The published w4a16 layout (symmetric int4, groups of 32, bf16 scales; see :mod:`int4`) gives
 every weight as `bf16(q * s)`, and q takes only 16 values, -8..7. So the 32 weights of a group
-take at most 16 distinct values. Build those 16 floats once per group, in one 512-bit register,
-and the AVX-512 instruction `vpermps` then picks 16 weights at a time, each by the 4-bit index it
-is stored as: the nibble *is* the table index, since q + 8 is what the file stores. Per 32
-weights that is one widening load of 16 bytes, one shift, two permutes and two FMAs, plus the
-table's load and multiply: 8 vector operations, against about 9 per 16 weights when each
-weight is scaled and rounded on its own (`int4._block_dot`).
+take at most 16 distinct values: the group's *table*. With the table in one 512-bit register,
+the AVX-512 instruction `vpermps` picks 16 weights at a time, each by the 4-bit index it is
+stored as -- the nibble *is* the table index, since q + 8 is what the file stores.
 
-**The table without rounding in the loop.** A normal bf16 scale is s = ±2^e * (1 + m/128),
-m = 0..127. Multiplying by a power of two commutes with rounding (nothing here underflows:
-every nonzero |q * s| >= |s|), so
+**Tables built once, at load.** A matrix has thousands of groups but few distinct scales:
+E2B's random-weight benchmark layers use 200-280 each, and 90% of their groups share about
+110 of them, since scales cluster around max|w| / 7.5. So the tables are built once per
+distinct scale (64 bytes each, 17 KB for an E2B layer: they stay in the 48 KB L1 cache), and
+each group's bf16 scale is replaced by the number of its table, a uint16 like the scale it
+replaces -- the same bytes to read per token. The tables are the dequantized weights
+themselves, rounded as compressed-tensors rounds them, so any scale works, zero and
+subnormal ones included.
 
-    bf16(q * s) = ±2^e * bf16(q * (1 + m/128))
-
-and the second factor comes from a fixed table `LUT_ROWS[m]` of 128 x 16 floats (8 KB, which
-stays in the L1 cache). The group's table is one row of it times one power of two, both exact.
-A zero scale comes out as zeros on its own (its "power of two" is ±0). A subnormal scale
-(below 1.2e-38, never seen in a checkpoint) has no leading 1 and breaks the identity:
-`scales_supported` finds those, and such layers keep the portable kernel.
+Per 32 weights and row the loop then does one widening load of 16 bytes, one shift, two
+permutes that read the table straight from the L1 cache, and two FMAs: 6 vector operations
+on the two ports that execute 512-bit instructions. Scaling a shared table per group instead
+(a table of scale-free rows times a power of two, this module until 2026-12-01) costs a
+broadcast and a multiply more; that kernel ran at 22-23 GB/s of packed weights, this one at
+26-30 (bench/kernels/qmatvec_int4.py), on a memory bandwidth of about 33.
 
 Numba has no vector types and does not emit `vpermps` on its own, so the inner loop is written
-in LLVM IR (:mod:`simd`), four far-apart rows at a time -- four read streams
-(the hardware prefetcher follows each), and each x vector loaded once for four rows. Machines
-without AVX-512 use `int4.qmatvec_int4_bf16`. `qmatvec_lut_ref` is the same algorithm in NumPy.
+in LLVM IR (:mod:`simd`), four far-apart rows at a time -- four read streams (the hardware
+prefetcher follows each), and each x vector loaded once for four rows. Machines without
+AVX-512 use `int4.qmatvec_int4_bf16`. `qmatvec_lut_ref` is the same algorithm in NumPy.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 import numba
@@ -38,50 +41,47 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import simd
-from .linear import MATVEC_SERIAL_BELOW, even_odd
+from .linear import MATVEC_SERIAL_BELOW, bf16_to_f32, even_odd, f32_to_bf16
+
+#: the integers a nibble stands for: nibble n is q = n - 8
+_Q = np.arange(-8, 8, dtype=np.float32)
 
 
-def _lut_rows() -> np.ndarray:
-    """[128, 16] f32: row m is bf16(q * (1 + m/128)) for q = -8..7."""
-    q = np.arange(-8, 8, dtype=np.float32)
-    mantissa = 1 + np.arange(128, dtype=np.float32) / 128
-    bits = (mantissa[:, None] * q[None, :]).view(np.uint32)  # exact: 8 x 4 significant bits
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000  # round to nearest even, to bf16
-    return np.ascontiguousarray(bits.view(np.float32))
+@dataclass(frozen=True)
+class GroupTables:
+    """A matrix's scales as tables: `values[index[r, g], n]` is the weight nibble n stands for
+    in group g of row r. Made by `group_tables`, so every index names a table."""
+
+    index: np.ndarray  # u16 [out, G]
+    values: np.ndarray  # f32 [T, 16], T distinct scales
 
 
-#: the scale-free tables, indexed by the scale's 7 mantissa bits
-LUT_ROWS = _lut_rows()
+def group_tables(scale: np.ndarray) -> GroupTables:
+    """Each group's table number, and the tables: one per distinct scale.
 
+    # scale u16 [out, G] (bf16 bits) -> index u16 [out, G], values f32 [n_distinct, 16]
 
-def scales_supported(scale: np.ndarray) -> bool:
-    """True when no bf16 scale is subnormal (exponent bits 0, mantissa not).  # scale u16 [...]"""
-    return not np.any(((scale & 0x7F80) == 0) & ((scale & 0x7F) != 0))
-
-
-def group_tables_ref(scale: np.ndarray) -> np.ndarray:
-    """The 16 weight values of each group.  # scale u16 [out, G] (bf16 bits) -> [out, G, 16] f32
-
-    Entry [r, g, n] is the weight stored as nibble n, i.e. bf16((n - 8) * s[r, g]).
+    Table t holds the 16 weights a nibble can stand for under scale t: entry n is
+    bf16((n - 8) * s), rounded to nearest even as `int4.dequantize_ref` rounds it.
     """
-    if not scales_supported(scale):
-        raise ValueError("a subnormal bf16 scale: the table identity needs zero or normal scales")
-    power = ((scale.astype(np.uint32) & 0xFF80) << 16).view(np.float32)  # ±2^e: sign, exponent
-    return LUT_ROWS[scale & 0x7F] * power[..., None]
+    seen = np.bincount(scale.ravel(), minlength=1 << 16)  # one pass, no sort
+    distinct = np.flatnonzero(seen).astype(np.uint16)
+    number = np.zeros(1 << 16, np.uint16)
+    number[distinct] = np.arange(distinct.size, dtype=np.uint16)
+    with np.errstate(over="ignore"):  # the largest bf16 scales overflow to inf, as in the file
+        products = bf16_to_f32(distinct)[:, None] * _Q[None, :]  # exact in float32
+    return GroupTables(number[scale], bf16_to_f32(f32_to_bf16(products)))
 
 
-def qmatvec_lut_ref(packed: np.ndarray, scale: np.ndarray, x: np.ndarray, group: int) -> np.ndarray:
-    """out = W x by table lookup, in NumPy.
-
-    # packed u8 [out, in/2], scale u16 [out, G], x f32 [in] -> [out] f32
+def qmatvec_lut_ref(packed: np.ndarray, tables: GroupTables, x: np.ndarray, group: int):
+    """out = W x by table lookup, in NumPy.  # packed u8 [out, in/2], x f32 [in] -> [out] f32
 
     Byte k of a row holds input 2k in its low nibble and input 2k + 1 in its high nibble.
     """
-    tables = group_tables_ref(scale)  # [out, G, 16]
     rows = np.arange(packed.shape[0])[:, None]
     group_of = np.arange(packed.shape[1] * 2) // group  # [in]
     nibbles = np.stack([packed & 15, packed >> 4], axis=-1).reshape(packed.shape[0], -1)
-    weights = tables[rows, group_of[None, :], nibbles]  # [out, in]
+    weights = tables.values[tables.index[rows, group_of[None, :]], nibbles]  # [out, in]
     return (weights.astype(np.float64) @ x.astype(np.float64)).astype(np.float32)
 
 
@@ -105,61 +105,52 @@ AVAILABLE = _host_has_avx512()
 
 # --- the kernel, in LLVM IR (helpers: simd.py) -------------------------------------------------
 
-
-def _group_table(builder: ir.IRBuilder, lut, scale_bits):
-    # The 16 weight values of a group with bf16 scale bits `scale_bits` (i16): a row of
-    # LUT_ROWS times a power of two (see the module docstring). -> <16 x float>
-    s = builder.zext(scale_bits, simd.I32)
-    row = builder.and_(s, ir.Constant(simd.I32, 0x7F))  # the mantissa bits
-    power = builder.and_(s, ir.Constant(simd.I32, 0xFF80))  # sign and exponent: ±2^e
-    power = builder.bitcast(builder.shl(power, ir.Constant(simd.I32, 16)), ir.FloatType())
-    offset = builder.mul(builder.zext(row, simd.I64), ir.Constant(simd.I64, 16))
-    table = simd.load_vector(builder, lut, offset, simd.F32X16, 4)
-    return builder.fmul(table, simd.splat(builder, power))
-
-
 _WANT = [(types.uint8, 2), (types.uint16, 2), (types.int64, 1), (types.float32, 1)]
 _WANT += [(types.float32, 1), (types.float32, 2), (types.float32, 1)]
+
+#: 16-byte blocks a row stream reads per prefetch (dev bench: 2 beat 1 and 4 by up to 10%)
+_BLOCKS_PER_PREFETCH = 2
 
 
 def _rows_dot(n_rows: int):
     """An intrinsic: out[r0 + k * stride] = row (r0 + k * stride) of W dotted with x, k < n_rows."""
 
     @intrinsic
-    def rows_dot(typingctx, packed, scale, block_scale, x_even, x_odd, lut, out, r0, stride):
-        # packed u8 [out, in/2], scale u16 [out, G], block_scale i64 [in/32],
-        # x_even/x_odd f32 [in/2], lut f32 [128, 16], out f32 [out]; all C-contiguous
-        arrays = (packed, scale, block_scale, x_even, x_odd, lut, out)
+    def rows_dot(typingctx, packed, index, block_scale, x_even, x_odd, tables, out, r0, stride):
+        # packed u8 [out, in/2], index u16 [out, G], block_scale i64 [in/32],
+        # x_even/x_odd f32 [in/2], tables f32 [T, 16], out f32 [out]; all C-contiguous
+        arrays = (packed, index, block_scale, x_even, x_odd, tables, out)
         if not simd.c_arrays_match(arrays, _WANT):
             return None  # Numba reports the mismatch as a typing error
         sig = types.void(*arrays, types.int64, types.int64)
 
         def codegen(context, builder, signature, args):
-            p, s, bs, xe, xo, lut_a, o = simd.array_structs(context, builder, signature, args, 7)
+            p, ix, bs, xe, xo, tb, o = simd.array_structs(context, builder, signature, args, 7)
             r0, stride = args[7], args[8]
             n_in_half = cgutils.unpack_tuple(builder, p.shape)[1]
-            n_groups = cgutils.unpack_tuple(builder, s.shape)[1]
+            n_groups = cgutils.unpack_tuple(builder, ix.shape)[1]
             permute = cgutils.get_or_insert_function(
                 builder.module,
                 ir.FunctionType(simd.F32X16, [simd.F32X16, simd.I32X16]),
                 "llvm.x86.avx512.permvar.sf.512",
             )
-            index = simd.strided_rows(builder, r0, stride, n_rows)
-            rows = [builder.gep(p.data, [builder.mul(r, n_in_half)]) for r in index]
-            scales = [builder.gep(s.data, [builder.mul(r, n_groups)]) for r in index]
+            rows_at = simd.strided_rows(builder, r0, stride, n_rows)
+            rows = [builder.gep(p.data, [builder.mul(r, n_in_half)]) for r in rows_at]
+            numbers = [builder.gep(ix.data, [builder.mul(r, n_groups)]) for r in rows_at]
             # two sums a row (low and high nibbles), so consecutive FMAs do not wait
             sums = simd.zero_sums(builder, 2 * n_rows)
-            n_blocks = builder.udiv(n_in_half, ir.Constant(simd.I64, 16))
-            with cgutils.for_range(builder, n_blocks) as loop:
-                j = loop.index
-                at = builder.mul(j, ir.Constant(simd.I64, 16))  # 16 bytes = 32 weights a block
+            sixteen = ir.Constant(simd.I64, 16)
+
+            def block(j):  # 16 bytes = 32 weights of each row, from byte 16 j
+                at = builder.mul(j, sixteen)
                 column = builder.load(builder.gep(bs.data, [j]))
                 x_lo = simd.load_vector(builder, xe.data, at, simd.F32X16, 4)  # inputs 2k
                 x_hi = simd.load_vector(builder, xo.data, at, simd.F32X16, 4)  # inputs 2k + 1
                 for k in range(n_rows):
-                    simd.prefetch(builder, rows[k], at)
-                    scale_bits = builder.load(builder.gep(scales[k], [column]))
-                    table = _group_table(builder, lut_a.data, scale_bits)
+                    number = builder.zext(builder.load(builder.gep(numbers[k], [column])), simd.I64)
+                    table = simd.load_vector(
+                        builder, tb.data, builder.mul(number, sixteen), simd.F32X16, 4
+                    )
                     # one byte a lane; vpermps reads only an index's low 4 bits, so the low
                     # nibble needs no mask, and the high one is a shift away
                     byte = simd.load_vector(builder, rows[k], at, simd.I8X16, 1)
@@ -168,7 +159,20 @@ def _rows_dot(n_rows: int):
                     w_hi = builder.call(permute, [table, builder.lshr(byte, simd.splat_i32(4))])
                     simd.accumulate(builder, sums[2 * k], w_lo, x_lo)
                     simd.accumulate(builder, sums[2 * k + 1], w_hi, x_hi)
-            simd.store_row_sums(builder, sums, o.data, index)
+
+            per = ir.Constant(simd.I64, _BLOCKS_PER_PREFETCH)
+            n_blocks = builder.udiv(n_in_half, sixteen)
+            n_steps = builder.udiv(n_blocks, per)
+            with cgutils.for_range(builder, n_steps) as loop:
+                first = builder.mul(loop.index, per)
+                for k in range(n_rows):
+                    simd.prefetch(builder, rows[k], builder.mul(first, sixteen))
+                for u in range(_BLOCKS_PER_PREFETCH):
+                    block(builder.add(first, ir.Constant(simd.I64, u)))
+            done = builder.mul(n_steps, per)
+            with cgutils.for_range(builder, builder.sub(n_blocks, done)) as loop:  # the last few
+                block(builder.add(done, loop.index))
+            simd.store_row_sums(builder, sums, o.data, rows_at)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -181,49 +185,51 @@ _dot_one_row = _rows_dot(1)
 
 
 @njit(cache=True)
-def _lut_block(packed, scale, block_scale, x_even, x_odd, lut, out, lo, hi):
+def _lut_block(packed, index, block_scale, x_even, x_odd, tables, out, lo, hi):
     # rows lo..hi on one core: rows r, r + q, r + 2q, r + 3q of the block together (four read
     # streams; q is a quarter of the block), then the last (hi - lo) % 4 rows one by one
     q = (hi - lo) // 4
     for r in range(lo, lo + q):
-        _dot_four_rows(packed, scale, block_scale, x_even, x_odd, lut, out, r, q)
+        _dot_four_rows(packed, index, block_scale, x_even, x_odd, tables, out, r, q)
     for r in range(lo + 4 * q, hi):
-        _dot_one_row(packed, scale, block_scale, x_even, x_odd, lut, out, r, 0)
+        _dot_one_row(packed, index, block_scale, x_even, x_odd, tables, out, r, 0)
 
 
 @njit(parallel=True, cache=True)
-def _lut_parallel(packed, scale, block_scale, x_even, x_odd, lut, out, chunks):
+def _lut_parallel(packed, index, block_scale, x_even, x_odd, tables, out, chunks):
     # _lut_block over `chunks` contiguous blocks of rows, spread over the cores
     n_out = packed.shape[0]
     step = -(-n_out // chunks)
     for c in prange(chunks):
         lo, hi = c * step, min(n_out, (c + 1) * step)
-        _lut_block(packed, scale, block_scale, x_even, x_odd, lut, out, lo, hi)
+        _lut_block(packed, index, block_scale, x_even, x_odd, tables, out, lo, hi)
 
 
-def qmatvec_lut(packed: np.ndarray, scale: np.ndarray, x: np.ndarray, group: int) -> np.ndarray:
+def qmatvec_lut(packed: np.ndarray, tables: GroupTables, x: np.ndarray, group: int) -> np.ndarray:
     """out = W x for the published layout, with AVX-512 table lookups.
 
-    # packed u8 [out, in/2], scale u16 [out, in/group], x f32 [in] -> [out] f32
-    Needs `AVAILABLE`, group % 32 == 0 and `scales_supported(scale)`. Weights are bit-equal
-    to `int4.dequantize_ref`'s bf16(q * s); only the order of the sum differs.
+    # packed u8 [out, in/2], tables from `group_tables(scale [out, in/group])`, x f32 [in]
+    # -> [out] f32
+    Needs `AVAILABLE` and group % 32 == 0. Weights are bit-equal to `int4.dequantize_ref`'s
+    bf16(q * s); only the order of the sum differs.
     """
     if not AVAILABLE:
         raise RuntimeError("qmatvec_lut needs AVX-512F; use int4.qmatvec_int4_bf16 on this CPU")
     n_in = x.shape[0]
+    index = tables.index
     fits = group % 32 == 0 and packed.shape[1] * 2 == n_in
-    if not fits or scale.shape != (packed.shape[0], n_in // group):
+    if not fits or index.shape != (packed.shape[0], n_in // group):
         raise ValueError(
-            f"qmatvec_lut: packed {packed.shape}, scale {scale.shape}, x {x.shape} and group "
-            f"{group} do not fit: want packed [out, in/2], scale [out, in/group], x [in], "
-            "group a multiple of 32"
+            f"qmatvec_lut: packed {packed.shape}, tables for scales {index.shape}, x {x.shape} "
+            f"and group {group} do not fit: want packed [out, in/2], scales [out, in/group], "
+            "x [in], group a multiple of 32"
         )
     x = x.astype(np.float32, copy=False)
     x_even, x_odd = even_odd(x)
     block_scale = block_scale_columns(packed.shape[1], group)
-    packed, scale = np.ascontiguousarray(packed), np.ascontiguousarray(scale)
+    packed = np.ascontiguousarray(packed)
     out = np.empty(packed.shape[0], np.float32)
-    args = (packed, scale, block_scale, x_even, x_odd, LUT_ROWS, out)
+    args = (packed, index, block_scale, x_even, x_odd, tables.values, out)
     if 2 * packed.size < MATVEC_SERIAL_BELOW:
         _lut_block(*args, 0, packed.shape[0])
     else:

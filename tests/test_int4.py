@@ -384,8 +384,8 @@ def test_fast_int4_kernels_match_the_general_one(out_f, group, in_f):
     matrices, blocks of rows over all cores for large ones) against the general `qmatvec` and
     a float64 product of `dequantize_ref`'s weights: the portable float-nibble kernel, and,
     with AVX-512, the table-lookup kernel and its NumPy reference. 1056 inputs make 33 blocks,
-    one past the four-block loop; group 128 puts four blocks under each scale; 1031 rows leave
-    three rows past the four far-apart rows of the lookup kernel."""
+    one past the loop's pairs of blocks; group 128 puts four blocks under each scale; 1031
+    rows leave three rows past the four far-apart rows of the lookup kernel."""
     rng = np.random.default_rng(out_f)
     q = rng.integers(-8, 8, (out_f, in_f)).astype(np.int8)
     scale = rng.integers(0x3A00, 0x3C80, (out_f, in_f // group), dtype=np.uint16)
@@ -395,67 +395,61 @@ def test_fast_int4_kernels_match_the_general_one(out_f, group, in_f):
     want = w.astype(np.float64) @ x.astype(np.float64)
     general = np.empty(out_f, np.float32)
     int4.qmatvec(packed, scale, np.zeros((0, 0), np.int8), x, general, 4, group, 16)
+    tables = int4_lut.group_tables(scale)
     results = {
         "general": general,
         "float nibbles": int4.qmatvec_int4_bf16(packed, scale, x, group),
-        "lookup reference": int4_lut.qmatvec_lut_ref(packed, scale, x, group),
+        "lookup reference": int4_lut.qmatvec_lut_ref(packed, tables, x, group),
     }
     if int4_lut.AVAILABLE:
         packed.setflags(write=False)  # as memory-mapped from a checkpoint
-        results["lookup AVX-512"] = int4_lut.qmatvec_lut(packed, scale, x, group)
+        results["lookup AVX-512"] = int4_lut.qmatvec_lut(packed, tables, x, group)
     for name, got in results.items():
         assert np.abs(got - want).max() / np.abs(want).max() <= 1e-5, name
 
 
 def test_lookup_tables_are_the_dequantized_weights_bit_for_bit():
-    """`group_tables_ref` (a row of the scale-free table times the scale's power of two) gives
-    every nibble exactly `dequantize_ref`'s bf16(q * s), for every bf16 scale that is zero or
-    normal: all 2 x 255 x 128 of them, positive and negative, up to those whose weights
-    overflow to infinity."""
+    """`group_tables` over every finite bf16 scale -- zero, subnormal, normal, both signs, up
+    to those whose weights overflow to infinity -- gives each group's table exactly
+    `dequantize_ref`'s bf16(q * s) for all 16 nibbles, one table per distinct scale."""
     bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
-    exponent = (bits >> 7) & 0xFF
-    mantissa = bits & 0x7F
-    scale = bits[((exponent > 0) & (exponent < 255)) | (mantissa == 0) & (exponent == 0)]
-    assert int4_lut.scales_supported(scale)
+    scale = bits[((bits >> 7) & 0xFF) != 0xFF]  # all but infinities and NaNs
+    rng = np.random.default_rng(3)
+    scale = np.concatenate([scale, rng.choice(scale, 1000)])  # repeated scales share a table
     q = np.tile(np.arange(-8, 8, dtype=np.int8), (len(scale), 1))  # row r: all q, scale r
     with np.errstate(over="ignore"):
         want = int4.dequantize_ref(q, int4.bf16_to_f32(scale[:, None]), None, 16, "bf16")
-        got = int4_lut.group_tables_ref(scale[:, None])[:, 0, :]
-    assert np.isinf(want).any()  # the largest scales are in
+        tables = int4_lut.group_tables(scale[:, None])
+    assert np.isinf(want).any() and (want[:, 9] != 0).any()  # the largest scales are in
+    assert tables.values.shape == (len(scale) - 1000, 16) and tables.index.dtype == np.uint16
+    got = tables.values[tables.index[:, 0]]
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 @needs_avx512
 def test_lookup_kernel_with_extreme_and_subnormal_scales():
-    """The AVX-512 kernel on rows with zero, negative and huge scales matches the reference;
-    a subnormal scale is refused by `scales_supported`, and a layer holding one keeps the
-    portable kernel, which still gives the exact product."""
+    """The AVX-512 kernel, through `QuantizedLinear` as the model calls it, on rows with zero,
+    negative, huge and subnormal scales matches the float64 product of the dequantized
+    weights; tables that do not fit the matrix are refused with their shapes named."""
     rng = np.random.default_rng(7)
     out_f, in_f = 64, 256
     q = rng.integers(-8, 8, (out_f, in_f)).astype(np.int8)
     scale = rng.integers(0x3A00, 0x3C80, (out_f, in_f // 32), dtype=np.uint16)
-    scale[:4, 0] = [0x0000, 0x8000, 0xBC01, 0x5F7F]  # +0, -0, negative, 2^63-ish
+    scale[:5, 0] = [0x0000, 0x8000, 0xBC01, 0x5F7F, 0x0042]  # +0, -0, negative, 2^63-ish, subnormal
     packed = pack_ref(q, 4).view(np.uint8)
     x = rng.normal(size=in_f).astype(np.float32)
     w = int4.dequantize_ref(q, int4.bf16_to_f32(scale), None, 32, "bf16")
     want = w.astype(np.float64) @ x.astype(np.float64)
-    got = int4_lut.qmatvec_lut(packed, scale, x, 32)
-    assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want[4:]).max())
-
-    with pytest.raises(ValueError, match="do not fit"):
-        int4_lut.qmatvec_lut(packed, scale, x[:-32], 32)
-
-    scale[5, 1] = 0x0042  # subnormal
-    assert not int4_lut.scales_supported(scale)
-    with pytest.raises(ValueError, match="subnormal"):
-        int4_lut.group_tables_ref(scale)
     args = QuantArgs(num_bits=4, group_size=32, symmetric=True, strategy="group")
     layer = QuantizedLinear(packed.view(np.int32), scale, "bf16", None, args, (out_f, in_f))
     got = layer(x[None])[0]
-    assert layer._lut is False
-    w = int4.dequantize_ref(q, int4.bf16_to_f32(scale), None, 32, "bf16")
-    want = w.astype(np.float64) @ x.astype(np.float64)
-    assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want[4:]).max())
+    assert layer._tables is not None  # the lookup kernel ran
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want[5:]).max())
+
+    with pytest.raises(ValueError, match="do not fit"):
+        int4_lut.qmatvec_lut(packed, layer._tables, x[:-32], 32)
+    with pytest.raises(ValueError, match=r"tables for scales \(64, 8\)"):
+        int4_lut.qmatvec_lut(packed[:32], layer._tables, x, 32)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
