@@ -42,6 +42,7 @@ from .linear import (
     even_odd,
     f32_to_bf16,
     f32_to_bits,
+    matmul_tiles,
 )
 
 # --- scalar helpers for the kernels -----------------------------------------------------------
@@ -334,7 +335,6 @@ def dequant_rows_parallel(packed, scale, zero, lo, hi, bits, group, drop, out):
 
 
 _NO_ZERO = np.zeros((0, 0), np.int8)
-_TILE_FLOATS = 4 * 1024 * 1024
 
 
 class QuantizedLinear:
@@ -373,10 +373,13 @@ class QuantizedLinear:
     def nbytes(self) -> int:
         return self.packed.nbytes + self.scale.nbytes + self.zero.nbytes
 
-    def dequantize(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
-        """Rows lo..hi of W as float32.  # -> [hi - lo, in]"""
+    def dequantize(
+        self, lo: int = 0, hi: int | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Rows lo..hi of W as float32, into `out` if given.  # -> [hi - lo, in]"""
         hi = self.out_features if hi is None else hi
-        out = np.empty((hi - lo, self.in_features), np.float32)
+        if out is None:
+            out = np.empty((hi - lo, self.in_features), np.float32)
         args = (self.packed, self.scale, self.zero, lo, hi, self.args.num_bits, self.group)
         # Small tiles on one core: between BLAS calls a thread pool of our own fights
         # OpenBLAS's threads (and torch's, when it is loaded) for the cores; the demo model's
@@ -408,9 +411,6 @@ class QuantizedLinear:
             bits = self.args.num_bits
             qmatvec(self.packed, self.scale, self.zero, x[0], out, bits, self.group, self.drop)
             return out[None, :]
-        y = np.empty((x.shape[0], self.out_features), np.float32)
-        rows = max(1, min(self.out_features, _TILE_FLOATS // self.in_features))
-        for lo in range(0, self.out_features, rows):
-            hi = min(lo + rows, self.out_features)
-            y[:, lo:hi] = x @ self.dequantize(lo, hi).T
-        return y
+        return matmul_tiles(
+            x, self.out_features, lambda lo, hi, tile: self.dequantize(lo, hi, tile)
+        )

@@ -12,6 +12,7 @@ a tile of rows at a time and hands it to BLAS.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numba
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 # Rows widened per BLAS call in the prefill path: about 16 MB of float32 at a time.
 _TILE_FLOATS = 4 * 1024 * 1024
+#: Prefills of up to this many tokens multiply as W x^T (see `matmul_tiles`)
+WX_TOKENS = 256
 #: Prefill tiles with fewer weights than this are widened or dequantized on one core: a thread
 #: pool of our own between BLAS calls fights OpenBLAS's threads for the cores.
 SERIAL_BELOW = 1 << 20
@@ -252,22 +255,68 @@ def widen_bf16_rows_parallel(w: np.ndarray, out: np.ndarray) -> None:
             bits[r, i] = np.uint32(w[r, i]) << 16
 
 
-def _matmul_tiled(x: np.ndarray, w: np.ndarray, dtype: str) -> np.ndarray:
-    """Prefill: widen W tile by tile and let BLAS multiply.  # [S, in], [out, in] -> [S, out]"""
-    n_out, n_in = w.shape
-    y = np.empty((x.shape[0], n_out), np.float32)
+@njit(parallel=True, cache=True)
+def transpose(src: np.ndarray, dst: np.ndarray) -> None:
+    """dst = src^T, in 32 x 32 blocks over the cores.  # [N, S] f32 -> [S, N] f32
+
+    NumPy's own copy of a transposed [6144, 128] array takes 3.9 ms here, reading with a
+    stride across the whole array; by blocks that stay in the L1 cache it takes 0.25 ms.
+    """
+    n, s = src.shape
+    for b in prange((n + 31) // 32):
+        n0, n1 = b * 32, min(n, b * 32 + 32)
+        for s0 in range(0, s, 32):
+            for j in range(s0, min(s, s0 + 32)):
+                for i in range(n0, n1):  # contiguous writes; the reads stay in the block
+                    dst[j, i] = src[i, j]
+
+
+def matmul_tiles(
+    x: np.ndarray, n_out: int, fill: Callable[[int, int, np.ndarray], None]
+) -> np.ndarray:
+    """y = x W^T, with W made float32 a tile of rows at a time by `fill(lo, hi, tile)`.
+
+    # x [S, in] f32, W [out, in] -> [S, out] f32
+    The prefill of bf16 and int4 layers: a tile of about 16 MB of float32 rows is widened or
+    dequantized, then multiplied by BLAS. For a few tokens the product runs as W x^T against
+    a contiguous copy of x^T, then transposes once: OpenBLAS's sgemm reads W's rows faster
+    that way, 244 -> 306 GFLOPS on a 128-token [2730, 1536] tile; from 512 tokens the two
+    orientations run alike. Both transposes are `transpose`'s.
+    """
+    S, n_in = x.shape
     rows = max(1, min(n_out, _TILE_FLOATS // max(n_in, 1)))
     buf = np.empty((rows, n_in), np.float32)
+    few = S <= WX_TOKENS
+    if few:
+        x_t, y_t = np.empty((n_in, S), np.float32), np.empty((n_out, S), np.float32)
+        transpose(x, x_t)
+    else:
+        y = np.empty((S, n_out), np.float32)
     for lo in range(0, n_out, rows):
         hi = min(lo + rows, n_out)
         tile = buf[: hi - lo]
+        fill(lo, hi, tile)
+        if few:
+            np.matmul(tile, x_t, out=y_t[lo:hi])
+        else:
+            y[:, lo:hi] = x @ tile.T
+    if few:
+        y = np.empty((S, n_out), np.float32)
+        transpose(y_t, y)
+    return y
+
+
+def _matmul_tiled(x: np.ndarray, w: np.ndarray, dtype: str) -> np.ndarray:
+    """Prefill: widen W tile by tile and let BLAS multiply.  # [S, in], [out, in] -> [S, out]"""
+
+    def fill(lo: int, hi: int, tile: np.ndarray) -> None:
         if dtype == "bf16":
             widen = widen_bf16_rows if tile.size < SERIAL_BELOW else widen_bf16_rows_parallel
             widen(w[lo:hi], tile)
         else:
             tile[...] = w[lo:hi]
-        y[:, lo:hi] = x @ tile.T
-    return y
+
+    return matmul_tiles(x, w.shape[0], fill)
 
 
 class Linear:

@@ -46,7 +46,7 @@ from tiny_models import GENERATION_EOS, MAX_NEW_TOKENS, PROMPT_LEN, test_prompt
 
 import gemma4_ref
 import gemma4_ref.int4 as int4
-from gemma4_ref import CheckpointError, ConfigError, int4_lut
+from gemma4_ref import CheckpointError, ConfigError, int4_lut, linear
 from gemma4_ref.checkpoint import Checkpoint
 from gemma4_ref.int4 import QuantArgs, QuantizedLinear, pack_ref, quantize_ref, unpack_ref
 from gemma4_ref.verify import verify
@@ -360,12 +360,13 @@ def test_dequantize_kernel_matches_the_library(bits, symmetric, group, dtype):
 
 @pytest.mark.parametrize(("bits", "symmetric", "group", "dtype"), CASES[:: len(CASES) // 8])
 def test_matmul_kernels(bits, symmetric, group, dtype, monkeypatch):
-    """The fused dequant-matvec (1 row) and the tiled prefill product (many rows) against a
-    dense product with the library's weights: within 1e-5 relative."""
+    """The fused dequant-matvec (1 row) and the tiled prefill product (many rows, as W x^T
+    and as x W^T) against a dense product with the library's weights: within 1e-5 relative."""
     layer, dense, _ = _library_layer(bits, symmetric, group, dtype, out_f=72, in_f=256)
     rng = np.random.default_rng(0)
-    monkeypatch.setattr(int4, "_TILE_FLOATS", 256 * 20)  # 20 rows a tile: 4 tiles
-    for rows in (1, 9):
+    monkeypatch.setattr(linear, "_TILE_FLOATS", 256 * 20)  # 20 rows a tile: 4 tiles
+    for rows, wx_tokens in ((1, 256), (9, 256), (9, 0)):
+        monkeypatch.setattr(linear, "WX_TOKENS", wx_tokens)
         x = rng.normal(size=(rows, layer.in_features)).astype(np.float32)
         want = x.astype(np.float64) @ dense.T.astype(np.float64)
         got = layer(x)

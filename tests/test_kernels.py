@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gemma4_ref import linear
 from gemma4_ref.attention import (
     BLOCKED_FROM,
     KVCache,
@@ -47,10 +48,12 @@ def test_bf16_round_trip_matches_torch():
     assert np.array_equal(bf16_to_f32(ours), back)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 70])
+@pytest.mark.parametrize("rows", [1, 3, 70, linear.WX_TOKENS + 1])
 @pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
 @pytest.mark.parametrize("shape", [(5, 3), (300, 77), (1024, 512)])
 def test_linear_kernel_matches_reference(rows, dtype, shape):
+    """Decode (one row) and prefill: up to `WX_TOKENS` rows as W x^T with blocked
+    transposes of odd sizes, past it as x W^T."""
     w32 = rng.standard_normal(shape).astype(np.float32)
     w = {"bf16": f32_to_bf16(w32), "f16": w32.astype(np.float16), "f32": w32}[dtype]
     x = rng.standard_normal((rows, shape[1])).astype(np.float32)
