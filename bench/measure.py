@@ -13,7 +13,9 @@ but on Linux it survives exec() and so also covers whatever the parent held when
 Timing: the first call of a process is reported apart (it loads Numba's cache or compiles, and
 pages in the memory-mapped weights). The machine is shared, and other work only ever slows a
 run down, so the headline figures resist it: prefill is the best of the warm runs, decode is
-one over the median step time (the mean is kept too). Prefill
+one over the median step time of the best of `reps` runs of `tokens` steps (a median shrugs
+off a few slow steps; the best run, a slowdown of a few seconds -- the way llama-bench's
+figures are taken, its best repetition). Every run's steps are kept. Prefill
 runs the prompt through a fresh KV cache and computes the logits of the last position only (as
 generation does, and as llama-bench and transformers' generate do). Decode starts from a
 one-token context (BOS) and times `tokens` single-token steps with greedy argmax.
@@ -34,6 +36,19 @@ PROMPT_SEED = 1234
 def major_faults() -> int:
     """Page faults that had to read from disk so far: weights not in the page cache."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+
+
+def decode_figures(runs: list[list[float]]) -> dict:
+    """Decode tok/s from runs of single-token step times: one over the median step of the
+    best run; the best run's mean and every run's steps are kept."""
+    medians = [statistics.median(steps) for steps in runs]
+    best = runs[medians.index(min(medians))]
+    return {
+        "step_s": runs,
+        "tok_s": 1 / min(medians),
+        "tok_s_mean": len(best) / sum(best),
+        "tok_s_runs": [1 / m for m in medians],
+    }
 
 
 def load_average() -> float:
@@ -121,11 +136,9 @@ def ours(args: argparse.Namespace) -> dict:
         # the first one-token call loads Numba's cache and pages in the weights
         out["first_s"], _ = decode_steps(3)
         faults = major_faults()
-        _, times = decode_steps(args.tokens)
+        runs = [decode_steps(args.tokens)[1] for _ in range(args.reps)]
         out["warm_major_faults"] = major_faults() - faults
-        out["step_s"] = times
-        out["tok_s"] = 1 / statistics.median(times)
-        out["tok_s_mean"] = len(times) / sum(times)
+        out.update(decode_figures(runs))
     elif args.what == "compile":
         # run with an empty NUMBA_CACHE_DIR: the first calls compile every kernel they meet
         ids = prompt_ids(128, vocab)
@@ -198,12 +211,7 @@ def hf(args: argparse.Namespace) -> dict:
         }
     if args.decode:
         out["decode_first_step_s"] = decode_steps(4)[0]
-        times = decode_steps(args.decode)
-        out["decode"] = {
-            "step_s": times,
-            "tok_s": 1 / statistics.median(times),
-            "tok_s_mean": len(times) / sum(times),
-        }
+        out["decode"] = decode_figures([decode_steps(args.decode) for _ in range(args.reps)])
     out.update(peak_memory())
     out["load_average"] = load_average()
     return out
