@@ -441,7 +441,7 @@ class Model:
         cache.length += S
         if last_only:
             x = x[-1:]
-        # the soft-cap is fused into the head's matvec when decoding
+        # one call: the head's matvec, then the soft-cap (linear.soft_cap)
         cap = cfg.final_logit_softcapping or 0.0
         return self.head(rms_norm(x, self.norm, cfg.rms_norm_eps), cap)
 

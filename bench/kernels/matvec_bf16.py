@@ -76,7 +76,7 @@ def v5_rows2_chunks(w, x, out, n_chunks):
             out[o], out[o + 1] = a0, a1
             o += 2
         if o < hi:
-            matvec_bf16_rows(w, x, out, o, hi, np.float32(0.0))
+            matvec_bf16_rows(w, x, out, o, hi)
 
 
 @njit(parallel=True, cache=True, fastmath=FM)
@@ -104,7 +104,7 @@ def v6_far8(w, x, out, n_chunks):
                 a7 += bits_to_f32(np.uint32(s[3][i]) << 16) * xi
             out[o], out[o + q], out[o + 2 * q], out[o + 3 * q] = a0, a1, a2, a3
             out[o + 4 * q], out[o + 5 * q], out[o + 6 * q], out[o + 7 * q] = a4, a5, a6, a7
-        matvec_bf16_rows(w, x, out, lo + 8 * q, hi, np.float32(0.0))
+        matvec_bf16_rows(w, x, out, lo + 8 * q, hi)
 
 
 @njit(parallel=True, cache=True, fastmath=FM)
@@ -126,7 +126,7 @@ def v7_far4(w, x, out, n_chunks):
                 a2 += bits_to_f32(np.uint32(r2[i]) << 16) * xi
                 a3 += bits_to_f32(np.uint32(r3[i]) << 16) * xi
             out[o], out[o + q], out[o + 2 * q], out[o + 3 * q] = a0, a1, a2, a3
-        matvec_bf16_rows(w, x, out, lo + 4 * q, hi, np.float32(0.0))
+        matvec_bf16_rows(w, x, out, lo + 4 * q, hi)
 
 
 _four_rows_no_prefetch = linear._bf16_rows_dot(4, ahead=0)
@@ -154,11 +154,10 @@ def bench_shape(n_out: int, n_in: int, rng: np.random.Generator) -> str:
     xe, xo = even_odd(x)
     ref = linear_ref(x[None], ws[0], "bf16")[0]
     out = np.empty(n_out, np.float32)
-    zero = np.float32(0.0)
     variants = {
         "v1 prange rows": lambda w: v1_prange_rows(w, x, out),
         "v2 4 rows/task": lambda w: v2_rows4(w, x, out),
-        "v3 serial": lambda w: matvec_bf16_rows(w, x, out, 0, n_out, zero),
+        "v3 serial": lambda w: matvec_bf16_rows(w, x, out, 0, n_out),
         "v5 2 rows, chunks": lambda w: v5_rows2_chunks(w, x, out, 4),
         "v6 8 far rows": lambda w: v6_far8(w, x, out, 4),
         "v7 4 far rows": lambda w: v7_far4(w, x, out, 4),
