@@ -19,8 +19,9 @@ Per 32 weights and row the loop then does one widening load of 16 bytes, one shi
 permutes that read the table straight from the L1 cache, and two FMAs: 6 vector operations
 on the two ports that execute 512-bit instructions. Scaling a shared table per group instead
 (a table of scale-free rows times a power of two, this module until 2026-12-01) costs a
-broadcast and a multiply more; that kernel ran at 22-23 GB/s of packed weights, this one at
-26-30 (bench/kernels/qmatvec_int4.py), on a memory bandwidth of about 33.
+broadcast and a multiply more; that kernel read 20-22 GB/s of packed weights, this one
+23-28 with 640 distinct scales a matrix (bench/kernels/qmatvec_int4.py) and 28-30 with
+E2B's 270, on a memory bandwidth of about 33.
 
 Numba has no vector types and does not emit `vpermps` on its own, so the inner loop is written
 in LLVM IR (:mod:`simd`), four far-apart rows at a time -- four read streams (the hardware
