@@ -258,10 +258,8 @@ def widen_bf16_rows_parallel(w: np.ndarray, out: np.ndarray) -> None:
     """widen_bf16_rows with the rows spread over the cores, for tiles of `SERIAL_BELOW` weights
     and more (E2B's are 4M: prefill 128 1.13 -> 1.06 s, once OpenBLAS's threads no longer spin
     between calls; see `gemma4_ref/__init__.py`)."""
-    bits = out.view(np.uint32)
     for r in prange(w.shape[0]):
-        for i in range(w.shape[1]):
-            bits[r, i] = np.uint32(w[r, i]) << 16
+        widen_bf16_rows(w[r : r + 1], out[r : r + 1])
 
 
 @njit(parallel=True, cache=True)
@@ -289,18 +287,18 @@ def matmul_tiles(
     The prefill of bf16 and int4 layers: a tile of about 16 MB of float32 rows is widened or
     dequantized, then multiplied by BLAS. For a few tokens the product runs as W x^T against
     a contiguous copy of x^T, then transposes once: OpenBLAS's sgemm reads W's rows faster
-    that way, 244 -> 306 GFLOPS on a 128-token [2730, 1536] tile; from 512 tokens the two
-    orientations run alike. Both transposes are `transpose`'s.
+    that way, 244 -> 306 GFLOPS on a 128-token [2730, 1536] tile. At 512 tokens `W x^T` was
+    the slower (E2B prefill 3.30 against 3.21 s), so from 257 on the product is `x W^T`.
+    Both transposes are `transpose`'s.
     """
     S, n_in = x.shape
     rows = max(1, min(n_out, _TILE_FLOATS // max(n_in, 1)))
     buf = np.empty((rows, n_in), np.float32)
+    y = np.empty((S, n_out), np.float32)
     few = S <= WX_TOKENS
     if few:
         x_t, y_t = np.empty((n_in, S), np.float32), np.empty((n_out, S), np.float32)
         transpose(x, x_t)
-    else:
-        y = np.empty((S, n_out), np.float32)
     for lo in range(0, n_out, rows):
         hi = min(lo + rows, n_out)
         tile = buf[: hi - lo]
@@ -310,7 +308,6 @@ def matmul_tiles(
         else:
             y[:, lo:hi] = x @ tile.T
     if few:
-        y = np.empty((S, n_out), np.float32)
         transpose(y_t, y)
     return y
 
