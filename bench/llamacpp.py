@@ -203,8 +203,12 @@ def bench(gguf: Path, prompts: tuple[int, ...], n_gen: int, reps: int, threads: 
 
     Each test runs `reps` times after llama-bench's own warm-up run; decode (tg) starts from an
     empty context. The figure kept is the best repetition (the machine is shared; other work
-    only slows a run down); llama-bench's mean is kept beside it.
-    Returns {"prefill": {S: tok/s}, "decode": tok/s, "mean": {...}, "raw": [...]}.
+    only slows a run down); llama-bench's mean is kept beside it. Every test runs with the
+    weights read into memory (`--load-mode none`) and memory-mapped (`mmap`), and the faster
+    counts, as this project's own loader reads E2B's decoder into memory (`load_model`):
+    on this VM both engines decode faster that way (llama.cpp Q4_0 9.5 against 8.9 tok/s).
+    Returns {"prefill": {S: tok/s}, "decode": tok/s, "mean": {...}, "load_mode": {...},
+    "raw": [...]}.
     """
     build()
     cmd = [
@@ -219,6 +223,8 @@ def bench(gguf: Path, prompts: tuple[int, ...], n_gen: int, reps: int, threads: 
         str(n_gen),
         "-r",
         str(reps),
+        "--load-mode",
+        "none,mmap",
         "-o",
         "json",
     ]
@@ -228,16 +234,26 @@ def bench(gguf: Path, prompts: tuple[int, ...], n_gen: int, reps: int, threads: 
             f"llama-bench failed ({proc.returncode}) on {gguf.name}:\n{proc.stderr[-3000:]}"
         )
     raw = json.loads(proc.stdout)
-    out: dict = {"prefill": {}, "decode": None, "mean": {}, "raw": raw}
+    out: dict = {"prefill": {}, "decode": None, "mean": {}, "load_mode": {}, "raw": raw}
     with open("/proc/loadavg") as f:
         out["load_average"] = float(f.read().split()[0])
+    best: dict[str, float] = {}
     for r in raw:
         if r["n_gen"] == 0:
-            out["prefill"][str(r["n_prompt"])] = max(r["samples_ts"])
-            out["mean"][f"prefill{r['n_prompt']}"] = r["avg_ts"]
+            test = f"prefill{r['n_prompt']}"
         elif r["n_prompt"] == 0:
-            out["decode"] = max(r["samples_ts"])
-            out["mean"]["decode"] = r["avg_ts"]
+            test = "decode"
+        else:
+            continue
+        if max(r["samples_ts"]) > best.get(test, 0.0):  # the faster load mode counts
+            best[test] = max(r["samples_ts"])
+            out["mean"][test] = r["avg_ts"]
+            out["load_mode"][test] = r.get("load_mode", "?")
+    for test, tps in best.items():
+        if test == "decode":
+            out["decode"] = tps
+        else:
+            out["prefill"][test.removeprefix("prefill")] = tps
     return out
 
 

@@ -11,7 +11,8 @@ A fresh process per measurement keeps its peak memory its own. The figure is `Vm
 but on Linux it survives exec() and so also covers whatever the parent held when it forked.
 
 Timing: the first call of a process is reported apart (it loads Numba's cache or compiles, and
-pages in the memory-mapped weights). The machine is shared, and other work only ever slows a
+pages in whatever weights stay memory-mapped). Ours loads as `load_model` does by default
+(`weights="auto"`: the decoder read into memory when it fits); `resident` records the outcome. The machine is shared, and other work only ever slows a
 run down, so the headline figures resist it: prefill is the best of the warm runs, decode is
 one over the median step time of the best of `reps` runs of `tokens` steps (a median shrugs
 off a few slow steps; the best run, a slowdown of a few seconds -- the way llama-bench's
@@ -102,6 +103,7 @@ def ours(args: argparse.Namespace) -> dict:
     out: dict = {
         "import_s": t1 - t0,
         "load_s": t2 - t1,
+        "resident": model.resident,
         "threads": numba.get_num_threads(),
     }
     vocab = model.config.vocab_size

@@ -26,23 +26,35 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _load(path: str | None):
+def _load(a: argparse.Namespace):
     from .model import DEFAULT_MODEL, load_model
 
-    where = path or DEFAULT_MODEL
+    where = a.model or DEFAULT_MODEL
     _log(f"loading {where} ...")
 
     def progress(msg: str) -> None:
         print(f"\r  {msg}   ", end="", file=sys.stderr, flush=True)
 
-    model = load_model(path, progress=progress)
+    model = load_model(a.model, progress=progress, weights=a.weights)
     print(file=sys.stderr)
+    how = "decoder read into memory" if model.resident else "memory-mapped"
     _log(
         f"loaded in {model.load_seconds:.2f}s: {model.config.num_hidden_layers} layers, "
         f"hidden {model.config.hidden_size}, {model.weight_bytes / 1e6:.1f} MB of weights "
-        "(memory-mapped)"
+        f"({how})"
     )
     return model
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="checkpoint folder (default: the embedded model in data/)")
+    p.add_argument(
+        "--weights",
+        choices=("auto", "memory", "mmap"),
+        default="auto",
+        help="read the decoder's weights into memory (faster decode) or map them (instant "
+        "load, models larger than RAM); auto: read them if they fit",
+    )
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -69,7 +81,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
     if not a.prompt:
         raise InputError("--prompt is empty; give some text to continue.")
-    model = _load(a.model)
+    model = _load(a)
     tok = model._need_tokenizer()
     bos = [model.config.bos_token_id] if model.config.bos_token_id is not None else []
     prompt = a.prompt
@@ -138,7 +150,7 @@ class _ChannelPrinter:
 
 
 def cmd_chat(a: argparse.Namespace) -> int:
-    model = _load(a.model)
+    model = _load(a)
     model._need_tokenizer()
     messages: list[dict] = []
     if a.system:
@@ -227,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="continue a prompt, streaming the text")
-    g.add_argument("--model", help="checkpoint folder (default: the embedded model in data/)")
+    _model_args(g)
     g.add_argument("--prompt", required=True)
     g.add_argument(
         "--image",
@@ -243,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("chat", help="multi-turn chat with the checkpoint's chat template")
-    c.add_argument("--model", help="checkpoint folder (default: the embedded model in data/)")
+    _model_args(c)
     c.add_argument("--think", action="store_true", help="enable and show the thinking channel")
     c.add_argument("--system", help="a system message")
     c.add_argument(

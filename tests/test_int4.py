@@ -24,7 +24,7 @@ them packed).  The checks:
   fused matvec and the tiled prefill product vs a dense product, ``quantize_ref`` vs
   ``calculate_qparams`` / ``quantize``;
 * ``gemma4-ref verify`` on a quantized checkpoint; bad quantization configs and tensors; the
-  packed weights stay memory-mapped.
+  packed weights stay packed, mapped or read into memory.
 """
 
 from __future__ import annotations
@@ -638,21 +638,24 @@ def _mmap_of(arr: np.ndarray) -> mmap.mmap | None:
     return None
 
 
-def test_packed_weights_stay_memory_mapped(ct_models):
-    """Loading keeps every packed weight (and bf16 scale) as a view of the file's memory map:
-    no copy, a quarter of the bf16 bytes."""
+@pytest.mark.parametrize("weights", ["mmap", "memory"])
+def test_packed_weights_stay_packed(ct_models, weights):
+    """Every packed weight (and bf16 scale) stays packed, a quarter of the bf16 bytes: mapped,
+    as a view of the file's memory map (no copy); read into memory, as a copy of the same
+    bytes (`load_model`'s `weights`)."""
     path = ct_models.path(BASE_ID)
-    model = gemma4_ref.load_model(str(path))
+    model = gemma4_ref.load_model(str(path), weights=weights)
     ck = Checkpoint(path)
     layers = _quantized_linears(model)
     assert layers
     packed_bytes = 0
     for name, ql in layers.items():
         for arr in (ql.packed, ql.scale):
-            mm = _mmap_of(arr)
-            assert mm is not None, f"{name}: {arr.dtype} array is not backed by a memory map"
-            assert np.shares_memory(arr, np.frombuffer(mm, np.uint8))
-            assert not arr.flags.writeable
+            if weights == "mmap":
+                mm = _mmap_of(arr)
+                assert mm is not None, f"{name}: {arr.dtype} array is not backed by a memory map"
+                assert np.shares_memory(arr, np.frombuffer(mm, np.uint8))
+            assert arr.flags.writeable == (weights == "memory")
         info = ck.info(name + ".weight_packed")
         assert ql.packed.nbytes == info.nbytes == ql.out_features * ql.in_features // 2
         assert ql.scale.nbytes == ck.info(name + ".weight_scale").nbytes
