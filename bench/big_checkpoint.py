@@ -5,7 +5,8 @@ The checkpoint has E2B's real shapes (hidden 1536, vocabulary 262 144, Per-Layer
 of its 35 layers, with random bf16 weights. It is written once to `bench/_checkpoints/`.
 
 Each measurement runs in a fresh subprocess so that peak resident memory (ru_maxrss) belongs to
-that run alone:
+that run alone, once per way of loading (`load_model(weights=...)`: the decoder read into
+memory, or memory-mapped):
 
     python bench/big_checkpoint.py            # build if needed, then measure
     python bench/big_checkpoint.py DIR        # measure another checkpoint (e.g. its w4a16 copy)
@@ -58,7 +59,7 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 import gemma4_ref
 t1 = time.perf_counter()
-m = gemma4_ref.load_model(sys.argv[1])
+m = gemma4_ref.load_model(sys.argv[1], weights=sys.argv[2])
 t2 = time.perf_counter()
 rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 ids = [2] + list(range(1000, 1063))
@@ -78,22 +79,26 @@ def main() -> None:
     ckpt = Path(sys.argv[1]) if len(sys.argv) > 1 else CKPT
     if ckpt == CKPT and not (CKPT / "config.json").is_file():
         build()
-    t = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(ckpt)], capture_output=True, text=True, check=True
-    )
-    r = json.loads(out.stdout.strip().splitlines()[-1])
     gb = 1e9
-    print(f"checkpoint: {ckpt.name}, {r['file_bytes'] / gb:.2f} GB on disk")
-    print(f"import {r['import_s']:.2f}s, load_model {r['load_s']:.2f}s")
-    print(f"first generate (includes Numba compile/cache load) {r['first_call_s']:.2f}s")
-    print(f"warm: 64-token prompt + 16 new tokens {r['warm_64_prompt_16_new_s']:.2f}s")
-    print(
-        f"peak RSS after load {r['peak_rss_after_load'] / gb:.2f} GB, "
-        f"after generating {r['peak_rss'] / gb:.2f} GB "
-        f"({r['peak_rss'] / r['file_bytes']:.2f}x the file size)"
-    )
-    print(f"(wall {time.perf_counter() - t:.1f}s)")
+    for weights in ("memory", "mmap"):
+        t = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", MEASURE, str(ckpt), weights],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"checkpoint: {ckpt.name}, {r['file_bytes'] / gb:.2f} GB on disk; weights={weights}")
+        print(f"  import {r['import_s']:.2f}s, load_model {r['load_s']:.2f}s")
+        print(f"  first generate (includes Numba compile/cache load) {r['first_call_s']:.2f}s")
+        print(f"  warm: 64-token prompt + 16 new tokens {r['warm_64_prompt_16_new_s']:.2f}s")
+        print(
+            f"  peak RSS after load {r['peak_rss_after_load'] / gb:.2f} GB, "
+            f"after generating {r['peak_rss'] / gb:.2f} GB "
+            f"({r['peak_rss'] / r['file_bytes']:.2f}x the file size)"
+        )
+        print(f"  (wall {time.perf_counter() - t:.1f}s)")
 
 
 if __name__ == "__main__":

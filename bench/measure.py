@@ -12,8 +12,9 @@ but on Linux it survives exec() and so also covers whatever the parent held when
 
 Timing: the first call of a process is reported apart (it loads Numba's cache or compiles, and
 pages in whatever weights stay memory-mapped). Ours loads as `load_model` does by default
-(`weights="auto"`: the decoder read into memory when it fits); `resident` records the outcome. The machine is shared, and other work only ever slows a
-run down, so the headline figures resist it: prefill is the best of the warm runs, decode is
+(`weights="auto"`: the decoder read into memory when it fits); `resident` records the
+outcome. The machine is shared, and other work only ever slows a run down, so the headline
+figures resist it: prefill is the best of the warm runs, decode is
 one over the median step time of the best of `reps` runs of `tokens` steps (a median shrugs
 off a few slow steps; the best run, a slowdown of a few seconds -- the way llama-bench's
 figures are taken, its best repetition). Every run's steps are kept. Prefill

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gemma4_ref.plots.performance import model_bandwidth
+
 GB = 1e9
 LLAMA = ("BF16", "Q8_0", "Q4_0")
 
@@ -125,15 +127,20 @@ ENGINES = [
 
 
 def tables(data: dict, names: list[str]) -> str:
-    bw_info = data.get("bandwidth") or {}
-    bw = bw_info.get("gbs", 0) * GB or None
     names = [n for n in names if n in data.get("models", {})]
     out = []
     mach = data.get("machine", {})
+    runs = ", ".join(
+        f"{data['models'][n]['label']} {_f((model_bandwidth(data, n) or 0) / GB)}"
+        + ("" if "bandwidth" in data["models"][n] else "*")
+        for n in names
+    )
     out.append(
-        f"Machine: {mach.get('cpu', '?')}, {mach.get('cores', '?')} cores; read bandwidth "
-        f"{_f(bw and bw / GB)} GB/s (best of a Numba prange sum, a NumPy sgemv and this "
-        "package's bf16 matvec over 2 GB)."
+        f"Machine: {mach.get('cpu', '?')}, {mach.get('cores', '?')} cores; read bandwidth in "
+        f"GB/s, each model's from its own bench invocation: {runs} (the best of a Numba prange "
+        "sum, a NumPy sgemv and this package's bf16 matvec over 2 GB, at the invocation's "
+        "start and end; *: measured before invocations were recorded per model, so the "
+        "newest invocation's)."
     )
 
     # speeds, one table per phase
@@ -145,7 +152,7 @@ def tables(data: dict, names: list[str]) -> str:
         rows = []
         for n in names:
             e = data["models"][n]
-            s = speeds(e, bw)
+            s = speeds(e, model_bandwidth(data, n))
             row = [f"{e['label']}"]
             for eng in ENGINES:
                 v = s[eng][phase]
@@ -170,7 +177,7 @@ def tables(data: dict, names: list[str]) -> str:
     rows = []
     for n in names:
         e = data["models"][n]
-        s = speeds(e, bw)
+        s = speeds(e, model_bandwidth(data, n))
         hf, lb, l8, l4 = (
             s["transformers bf16"],
             s["llama.cpp BF16"],
@@ -310,10 +317,10 @@ def plot(data: dict, names: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator
 
-    bw = (data.get("bandwidth") or {}).get("gbs", 0) * GB or None
     names = [n for n in names if n in data.get("models", {})]
     if not names:
         return
+    bws = [model_bandwidth(data, n) or 0 for n in names]
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.2), sharey=False)
     width = 0.8 / len(ENGINES)
     for ax, (phase, title) in zip(
@@ -328,7 +335,7 @@ def plot(data: dict, names: list[str], path: Path) -> None:
         for j, eng in enumerate(ENGINES):
             xs, ys, roofs = [], [], []
             for i, n in enumerate(names):
-                s = speeds(data["models"][n], bw)[eng]
+                s = speeds(data["models"][n], model_bandwidth(data, n))[eng]
                 x = i + (j - (len(ENGINES) - 1) / 2) * width
                 if s[phase] is not None:
                     xs.append(x)
@@ -360,7 +367,8 @@ def plot(data: dict, names: list[str], path: Path) -> None:
     mach = data.get("machine", {})
     fig.suptitle(
         f"Gemma 4 on {mach.get('cpu', '?')}, {mach.get('cores', '?')} cores "
-        f"(read bandwidth {_f(bw and bw / GB)} GB/s); random weights, real shapes",
+        f"(read bandwidth {_f(min(bws) / GB)}-{_f(max(bws) / GB)} GB/s, each model's own run); "
+        "random weights, real shapes",
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.06, 1, 1))

@@ -2,8 +2,8 @@
 
 Gemma 4 ships in bfloat16. NumPy has no bfloat16, but a bf16 number is just the top 16 bits of
 an IEEE float32, so widening is a shift: `float32_bits = uint32(bf16_bits) << 16`. Weights stay
-16-bit in memory (a `uint16` view of the memory-mapped file) and are widened inside the kernels,
-one row at a time, so there is never an fp32 copy of the model.
+16-bit in memory (a `uint16` array, read from the file or a view of its memory map) and are
+widened inside the kernels, one row at a time, so there is never an fp32 copy of the model.
 
 Decode (one token) is a matrix-vector product whose speed is set by how fast the weights stream
 from memory; the Numba kernel splits the output rows over all cores. Prefill (many tokens) widens

@@ -441,6 +441,14 @@ def latest_results(folder: Path, model: str = "e2b") -> Path:
     return max(runs)[1]
 
 
+def model_bandwidth(data: dict, model: str) -> float | None:
+    """The read bandwidth (bytes/s) of the bench invocation that measured `model`, else the
+    results file's newest: a roofline ratio divides by the bandwidth of its own run, not of a
+    later run of another model."""
+    own = data["models"].get(model, {}).get("bandwidth") or data.get("bandwidth") or {}
+    return own.get("gbs", 0) * GB or None
+
+
 def speed_targets(data: dict, model: str = "e2b") -> list[Target]:
     """The speed issue's targets for one bench model, as measured ratios (ours / theirs).
 
@@ -454,8 +462,7 @@ def speed_targets(data: dict, model: str = "e2b") -> list[Target]:
     ours = e["ours"]
     hf = e["transformers"]
     llama = e["llama.cpp"]
-    bandwidth = data["bandwidth"]["gbs"] * GB
-    roof = bandwidth / e["bytes_per_token"]["bf16"]["total"]
+    roof = model_bandwidth(data, model) / e["bytes_per_token"]["bf16"]["total"]
     dec_bf16 = ours["bf16"]["decode"]["tok_s"]
     dec_w4 = ours["w4a16"]["decode"]["tok_s"]
     hf_dec = hf["decode"]["tok_s"]
