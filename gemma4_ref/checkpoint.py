@@ -226,13 +226,15 @@ class Checkpoint:
         thread in 4-6 s: most of the time goes to the OS providing fresh pages, which the
         cores do side by side."""
         total = sum(self.info(n).nbytes for n in names)
-        done = 0
+        done, shown = 0, ""
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             for name, arr in zip(names, pool.map(self._read_now, names), strict=True):
                 self._preloaded[name] = arr
                 done += arr.nbytes
-                if progress is not None:
-                    progress(f"reading weights {done / 1e9:.2f}/{total / 1e9:.2f} GB")
+                line = f"reading weights {done / 1e9:.1f}/{total / 1e9:.1f} GB"
+                if progress is not None and line != shown:  # a line per 0.1 GB, not per tensor
+                    progress(line)
+                    shown = line
 
     def drop_preloaded(self) -> None:
         """Forget preloaded tensors nobody asked for (e.g. KV-shared layers' k/v)."""

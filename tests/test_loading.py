@@ -32,7 +32,11 @@ def test_read_equals_the_mapped_view():
 def test_preload_hands_each_tensor_out_once():
     ckpt = Checkpoint(DEFAULT)
     names = sorted(ckpt.tensors)[:5]
-    ckpt.preload(names)
+    lines: list[str] = []
+    ckpt.preload(names, lines.append)
+    total = sum(ckpt.info(n).nbytes for n in names) / 1e9
+    assert lines and len(set(lines)) == len(lines)  # progress changes with every line it shows
+    assert lines[-1] == f"reading weights {total:.1f}/{total:.1f} GB"
     first = ckpt.read(names[0])
     again = ckpt.read(names[0])  # no longer preloaded: read afresh, the same bytes
     assert first is not again and np.array_equal(first, again)
