@@ -9,9 +9,9 @@ than through `safetensors.safe_open`) lets bfloat16 -- which NumPy lacks -- stay
   kernel touches it, so the resident size is about the size of the pages touched: right for
   tables read a row at a time (Per-Layer Embeddings) and for towers a text prompt never runs.
 * :meth:`Checkpoint.read`, a private copy read from the file into the process's own memory. On
-  the benchmark VM (`bench/README.md`) decode streams such copies 6% faster (bf16) to 12%
-  (w4a16) than the same bytes mapped from the page cache, so the decoder's weights are read
-  this way when they fit (see `model.load_model`).
+  the benchmark VM (`bench/README.md`) decode streams such copies at one steady speed, and the
+  same bytes mapped from the page cache 1-30% slower, depending on that cache's history; so
+  the decoder's weights are read this way when they fit (see `model.load_model`).
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ def _fresh_bytes(nbytes: int) -> np.ndarray:
 
 
 class Checkpoint:
-    """All tensors of a checkpoint folder, as lazily created memory-mapped NumPy views."""
+    """All tensors of a checkpoint folder: memory-mapped NumPy views (:meth:`array`), created
+    lazily, or private copies read from the files (:meth:`read`, :meth:`preload`)."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)

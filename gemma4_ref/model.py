@@ -908,8 +908,9 @@ def load_model(
     `chat_template.jinja` and `generation_config.json`, exactly as published.
 
     `weights` says where the decoder's weights live. "memory" reads them into the process:
-    decode streams them 6-12% faster than mapped pages on the benchmark VM (bench/README.md,
-    "2026-12-01, third session"), at the cost of reading the file up front. "mmap" maps them,
+    on the benchmark VM decode then runs at one steady speed, where mapped pages ran 1-30%
+    slower depending on the history of the OS's file cache (bench/README.md, "2026-12-01,
+    third session"), at the cost of reading the file up front. "mmap" maps them,
     so loading is instant and a model larger than RAM still runs, paged in as kernels touch it.
     "auto" (the default) reads them when they fit in `RESIDENT_SHARE` of the available memory.
     Either way the Per-Layer-Embedding table and the vision and audio towers are mapped: a token
