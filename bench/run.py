@@ -269,8 +269,9 @@ def ensure_checkpoint(m: models.BenchModel, fmt: str) -> None:
         raise ChildError(f"building {m.folder(fmt).name} failed (exit {proc.returncode})")
 
 
-def measure_bandwidth(res: Results, threads: int, run: list[dict]) -> None:
-    """Measure read bandwidth; the run's figure is the best of its measurements (start, end)."""
+def measure_bandwidth(res: Results, threads: int, run: list[dict]) -> dict | None:
+    """Measure read bandwidth; the run's figure is the best of its measurements (start, end),
+    which this returns (None while the run has none)."""
     say(f"measuring read bandwidth ({threads} threads, 2 GB float32, best of 5) ...")
     try:
         r = child(
@@ -280,7 +281,7 @@ def measure_bandwidth(res: Results, threads: int, run: list[dict]) -> None:
         )
     except ChildError as e:
         say(f"  ! {e}")
-        return
+        return max(run, key=lambda b: b["gbs"]) if run else None
     r["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
     run.append(r)
     best = max(run, key=lambda b: b["gbs"])
@@ -292,6 +293,7 @@ def measure_bandwidth(res: Results, threads: int, run: list[dict]) -> None:
         f"numpy sgemv {r['numpy_sgemv_gbs']:.1f}, bf16 matvec {r.get('bf16_matvec_gbs', 0):.1f}); "
         f"this run's best {best['gbs']:.1f} GB/s"
     )
+    return best
 
 
 def run_ours(m, entry, args, src: str) -> None:
@@ -534,10 +536,9 @@ def main() -> None:
                 run_model(models.MODELS[n], args, src)
             except ChildError as e:
                 say(f"  ! {models.MODELS[n].label}: {e}")
-        measure_bandwidth(res, args.threads, bandwidths)
+        best = measure_bandwidth(res, args.threads, bandwidths)
         for n in names:  # each model's roofline divides by the bandwidth of its own invocation
-            if n in res.data.get("models", {}) and bandwidths:
-                best = max(bandwidths, key=lambda b: b["gbs"])
+            if best and n in res.data.get("models", {}):
                 res.data["models"][n]["bandwidth"] = {"gbs": best["gbs"], "when": best["when"]}
         res.data["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
         res.save()
