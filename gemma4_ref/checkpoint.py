@@ -238,7 +238,7 @@ class Checkpoint:
                     shown = line
 
     def drop_preloaded(self) -> None:
-        """Forget preloaded tensors nobody asked for (e.g. KV-shared layers' k/v)."""
+        """Forget preloaded tensors nobody asked for (the loader's list is its best guess)."""
         self._preloaded.clear()
 
     def read(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:

@@ -279,7 +279,7 @@ class Model:
         ckpt = Checkpoint(path)
         self.checkpoint = ckpt
         prefix = ckpt.text_prefix()
-        decoder = _decoder_tensors(ckpt, prefix)
+        decoder = _decoder_tensors(ckpt, prefix, cfg)
         #: whether the decoder's weights were read into memory (else they are memory-mapped)
         self.resident = _read_into_memory(weights, sum(ckpt.info(n).nbytes for n in decoder))
         if self.resident:
@@ -874,13 +874,24 @@ def available_memory() -> int | None:
         return None
 
 
-def _decoder_tensors(ckpt: Checkpoint, prefix: str) -> list[str]:
+def _decoder_tensors(ckpt: Checkpoint, prefix: str, cfg: TextConfig) -> list[str]:
     """What the decoder reads into memory: its tensors but the Per-Layer-Embedding table
-    (mapped: a token reads one row), and an untied head."""
+    (mapped: a token reads one row) and the k/v weights KV-shared layers leave unused (the
+    checkpoint may hold them), and an untied head."""
+    unused = {
+        f"{prefix}layers.{spec.index}.self_attn.{part}"
+        for spec in cfg.layers
+        if spec.shares_kv
+        for part in ("k_proj", "v_proj", "k_norm")
+    }
     return [
         name
         for name in ckpt.tensors
-        if (name.startswith(prefix) and "embed_tokens_per_layer" not in name)
+        if (
+            name.startswith(prefix)
+            and "embed_tokens_per_layer" not in name
+            and name.rsplit(".", 1)[0] not in unused  # e.g. k_proj.weight, k_proj.weight_packed
+        )
         or name == "lm_head.weight"
     ]
 
